@@ -1,0 +1,82 @@
+"""Feed-forward networks, selected by name (``ffn="frfn"``).
+
+A feed-forward module maps ``(B, H, W, C)`` features to the same shape (spatial ones need H, W).
+Ablation variants (Table 8/9 of the paper) register here under their own names.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ast_model.nn import reference
+from ast_model.nn.functional import gelu_gate
+from ast_model.nn.windows import to_features, to_image
+
+FFNS: dict[str, type[nn.Module]] = {}
+
+
+def register_ffn(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a feed-forward module available to blocks as ``ffn=name``."""
+
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in FFNS:
+            raise ValueError(f"feed-forward {name!r} is already registered")
+        FFNS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_ffn(name: str, **kwargs) -> nn.Module:
+    """Instantiate a registered feed-forward by name (``ValueError`` naming the choices otherwise)."""
+    try:
+        cls = FFNS[name]
+    except KeyError:
+        raise ValueError(f"unknown feed-forward {name!r}; registered: {sorted(FFNS)}") from None
+    return cls(**kwargs)
+
+
+@register_ffn("frfn")
+class FRFN(nn.Module):
+    """Feature Refinement Feed-forward Network (official ``FRFN``).
+
+    partial 3x3 conv on the first C/4 channels -> Linear(C, 2*hidden) -> GELU -> split (a, g) ->
+    a: depthwise 3x3 conv -> GELU -> ``a * g`` -> Linear(hidden, C). The GELU after ``linear1`` covers
+    both halves (AST-SPEC quirk 9).
+
+    Args:
+        dim: channels C.
+        hidden_dim: hidden width (``int(C * mlp_ratio)``).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.dim, self.hidden_dim = dim, hidden_dim
+        self.dim_conv = dim // 4
+        self.linear1 = nn.Sequential(nn.Linear(dim, hidden_dim * 2), nn.GELU())
+        self.dwconv = nn.Sequential(
+            nn.Conv2d(hidden_dim, hidden_dim, 3, 1, 1, groups=hidden_dim), nn.GELU()
+        )
+        self.linear2 = nn.Sequential(nn.Linear(hidden_dim, dim))
+        self.partial_conv3 = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False)
+        self.impl = "fast"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        if self.impl == "reference":
+            return reference.frfn(self, x)
+        c4, hid = self.dim_conv, self.hidden_dim
+        # Only the first C/4 channels are convolved; a channels-last image view avoids layout copies.
+        conv = to_features(self.partial_conv3(to_image(x[..., :c4])))  # (B, H, W, C/4)
+        x = torch.cat((conv, x[..., c4:]), dim=-1)  # (B, H, W, C)
+        # linear1 as two half-width products: both halves come out contiguous (no split copies).
+        w, b = self.linear1[0].weight, self.linear1[0].bias
+        a = F.gelu(F.linear(x, w[:hid], b[:hid]))  # (B, H, W, hidden)
+        g = F.linear(x, w[hid:], b[hid:])  # pre-activation of the gate; GELU'd inside gelu_gate
+        dw = self.dwconv[0]
+        a = to_features(dw(to_image(a).contiguous(memory_format=torch.channels_last)))  # (B, H, W, hidden)
+        return self.linear2(gelu_gate(a, g))
