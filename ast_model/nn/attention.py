@@ -117,7 +117,9 @@ class WindowASSA(nn.Module):
         kv = F.linear(x, self.qkv.to_kv.weight, self.qkv.to_kv.bias)
         q = q.view(batch, nw, n, h, d).transpose(2, 3)  # (B, nW, h, N, d)
         k, v = kv.view(batch, nw, n, 2, h, d).permute(3, 0, 1, 4, 2, 5)  # 2 x (B, nW, h, N, d)
-        m = None if mask is None else mask.view(nw, 1, n, n)
-        out = window_assa(q, k, v, self.relative_bias(), m, torch.softmax(self.w, dim=0))
+        bias = self.relative_bias()  # (h, N, N)
+        if mask is not None:
+            bias = bias + mask.view(nw, 1, n, n)  # (nW, h, N, N): one add per block instead of one per score
+        out = window_assa(q, k, v, bias, torch.softmax(self.w, dim=0))
         out = out.transpose(2, 3).reshape(bw, n, c)  # (B*nW, N, C), heads merged head-major
         return self.proj_drop(self.proj(out))

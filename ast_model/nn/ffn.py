@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ast_model.nn import reference
-from ast_model.nn.functional import gelu_gate
+from ast_model.nn.functional import gated_dw_tail
 from ast_model.nn.windows import to_features, to_image
 
 FFNS: dict[str, type[nn.Module]] = {}
@@ -75,8 +75,7 @@ class FRFN(nn.Module):
         x = torch.cat((conv, x[..., c4:]), dim=-1)  # (B, H, W, C)
         # linear1 as two half-width products: both halves come out contiguous (no split copies).
         w, b = self.linear1[0].weight, self.linear1[0].bias
-        a = F.gelu(F.linear(x, w[:hid], b[:hid]))  # (B, H, W, hidden)
-        g = F.linear(x, w[hid:], b[hid:])  # pre-activation of the gate; GELU'd inside gelu_gate
-        dw = self.dwconv[0]
-        a = to_features(dw(to_image(a).contiguous(memory_format=torch.channels_last)))  # (B, H, W, hidden)
-        return self.linear2(gelu_gate(a, g))
+        a = F.linear(x, w[:hid], b[:hid])  # (B, H, W, hidden) pre-activations; GELUs run in the tail
+        g = F.linear(x, w[hid:], b[hid:])
+        dw, lin2 = self.dwconv[0], self.linear2[0]
+        return gated_dw_tail(a, g, dw.weight, dw.bias, lin2.weight, lin2.bias)

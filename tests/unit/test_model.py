@@ -203,7 +203,7 @@ def test_fast_and_reference_paths_agree_forward_and_backward() -> None:
 
 
 def test_custom_autograd_functions_gradcheck() -> None:
-    from ast_model.nn.functional import gelu_gate, window_assa
+    from ast_model.nn.functional import gated_dw_tail, window_assa
 
     torch.manual_seed(8)
     d = dict(dtype=torch.float64, requires_grad=True)
@@ -211,10 +211,12 @@ def test_custom_autograd_functions_gradcheck() -> None:
     bias = torch.randn(2, 4, 4, **d)
     w = torch.softmax(torch.randn(2, dtype=torch.float64), 0).requires_grad_()
     mask = torch.tensor([0.0, -100.0], dtype=torch.float64)[torch.randint(0, 2, (2, 1, 4, 4))]
-    assert torch.autograd.gradcheck(lambda *t: window_assa(*t[:4], mask, t[4]), (q, k, v, bias, w))
-    assert torch.autograd.gradcheck(lambda *t: window_assa(*t[:4], None, t[4]), (q, k, v, bias, w))
-    a, g = torch.randn(5, 7, **d), torch.randn(5, 7, **d)
-    assert torch.autograd.gradcheck(gelu_gate, (a, g))
+    assert torch.autograd.gradcheck(lambda *t: window_assa(*t[:3], t[3] + mask, t[4]), (q, k, v, bias, w))
+    assert torch.autograd.gradcheck(window_assa, (q, k, v, bias, w))
+    a, g = torch.randn(2, 5, 6, 4, **d), torch.randn(2, 5, 6, 4, **d)
+    dw_w, dw_b = torch.randn(4, 1, 3, 3, **d), torch.randn(4, **d)
+    w2, b2 = torch.randn(3, 4, **d), torch.randn(3, **d)
+    assert torch.autograd.gradcheck(gated_dw_tail, (a, g, dw_w, dw_b, w2, b2))
 
 
 def test_count_macs_matches_paper_convention() -> None:

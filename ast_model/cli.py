@@ -1,0 +1,294 @@
+"""``ast-restore``: restore image files with an AST model.
+
+Examples::
+
+    ast-restore photos/ out/ --model models:/derain-ast@champion
+    ast-restore 'shots/*.jpg' one.png out/ --model ast_b --weights AST_B_spad.pth --ensemble
+    python -m ast_model.cli big.tif out/ --model models/derain/final.pt --tile 512 --device cuda
+
+Inputs are files, folders (their image files, not recursive) or glob patterns; every result is written
+as ``<output>/<input stem>.png``. A file that cannot be read is named on stderr and skipped; the rest are
+restored and the exit status is 1 at the end. Exit status 2: bad arguments or a model that cannot load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ast_model.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_official, read_checkpoint
+from ast_model.eval.images import IMAGE_SUFFIXES, ImageReadError, read_image, save_png
+from ast_model.eval.restore import RestoreOptions, restore_image
+from ast_model.nn.registry import list_models
+
+__all__ = ["collect_inputs", "load_model", "main"]
+
+_MLFLOW_SCHEMES = ("models:/", "runs:/")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+def _load_weights_file(path: Path, variant: str | None) -> nn.Module:
+    """A project checkpoint (config inside) or an official ``.pth`` (variant given or inferred)."""
+    data = read_checkpoint(path)
+    if data.get("format") == FORMAT:
+        stored = data.get("variant")
+        del data  # load_checkpoint reads the file itself; do not hold two copies of the weights
+        model = load_checkpoint(path)
+        if variant is not None and stored is not None and stored != variant:
+            raise CheckpointError(f"{path} holds an {stored} model, not {variant}")
+        return model
+    return load_official(data, variant=variant)
+
+
+def _load_from_folder(folder: Path) -> nn.Module:
+    """The project checkpoint inside a folder, e.g. an MLflow model downloaded from the registry."""
+    found = sorted(p for p in folder.rglob("*") if p.suffix in _CHECKPOINT_SUFFIXES and p.is_file())
+    for path in found:
+        try:
+            if read_checkpoint(path).get("format") == FORMAT:
+                return load_checkpoint(path)
+        except CheckpointError:
+            continue
+    raise CheckpointError(f"{folder}: no ast-pipeline checkpoint ({'/'.join(_CHECKPOINT_SUFFIXES)}) inside")
+
+
+def _load_mlflow(uri: str) -> nn.Module:
+    """A model from the MLflow registry (``models:/NAME@ALIAS``) or a run (``runs:/ID/PATH``).
+
+    The registered pyfunc carries the project checkpoint among its artifacts, which is loaded directly;
+    a model logged with the ``mlflow.pytorch`` flavour is loaded through that flavour instead.
+    """
+    import mlflow  # lazily: the library must not import orchestration/tracking packages at import time
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as exc:  # MlflowException (unknown model/alias, no server) is not an OSError
+        raise ValueError(f"cannot fetch {uri} from MLflow: {exc}") from exc
+    try:
+        return _load_from_folder(local)
+    except CheckpointError:
+        mlmodel = local / "MLmodel"
+        if mlmodel.is_file() and "pytorch:" in mlmodel.read_text():
+            return mlflow.pytorch.load_model(str(local), map_location="cpu")
+        raise
+
+
+def load_model(spec: str, weights: str | None = None) -> nn.Module:
+    """Resolve the ``--model``/``--weights`` pair to a model on the CPU, in eval mode.
+
+    Args:
+        spec: a variant name (``ast_t``, ``ast_b``; needs ``weights``), a project checkpoint, an official
+            ``.pth``, a folder holding a project checkpoint, or an MLflow URI (``models:/NAME@ALIAS``,
+            ``models:/NAME/VERSION``, ``runs:/RUN_ID/PATH``).
+        weights: with a variant name: a project checkpoint or an official ``.pth`` of that variant.
+
+    Returns:
+        The model.
+
+    Raises:
+        ValueError: an inconsistent combination, or a spec that is none of the above.
+        CheckpointError: a weights file that cannot be read or does not fit.
+    """
+    if spec.startswith(_MLFLOW_SCHEMES):
+        if weights:
+            raise ValueError("--weights cannot be combined with an MLflow model URI")
+        model = _load_mlflow(spec)
+    elif spec in list_models():
+        if not weights:
+            raise ValueError(f"--model {spec} needs --weights (a project checkpoint or an official .pth)")
+        model = _load_weights_file(Path(weights), variant=spec)
+    else:
+        path = Path(spec)
+        if weights:
+            raise ValueError(f"--weights goes with a variant name ({', '.join(list_models())}), not with {spec!r}")
+        if path.is_dir():
+            model = _load_from_folder(path)
+        elif path.is_file():
+            model = _load_weights_file(path, variant=None)
+        else:
+            raise ValueError(
+                f"--model {spec!r} is not a variant ({', '.join(list_models())}), an existing checkpoint "
+                "file or folder, or an MLflow URI (models:/NAME@ALIAS, runs:/RUN_ID/PATH)"
+            )
+    return model.cpu().eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Expand files, folders and glob patterns, in the given order, without duplicates.
+
+    Args:
+        specs: paths or patterns as typed (patterns are expanded here, for shells that do not).
+
+    Returns:
+        ``(files, missing)``: the files to restore, and the specs that matched nothing.
+    """
+    files: list[Path] = []
+    missing: list[str] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found = [path]
+        elif glob.has_magic(spec):
+            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        else:
+            found = []
+        if not found:
+            missing.append(spec)
+        files.extend(found)
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    return unique, missing
+
+
+def _output_names(files: Sequence[Path], out_dir: Path) -> list[Path]:
+    """``<out>/<stem>.png`` per input; stems that repeat (a.jpg and a.png) get the suffix, then a count."""
+    used: set[str] = set()
+    names = []
+    for path in files:
+        name = f"{path.stem}.png"
+        if name in used:
+            name = f"{path.stem}_{path.suffix.lstrip('.')}.png"
+        count = 1
+        while name in used:
+            count += 1
+            name = f"{path.stem}_{count}.png"
+        used.add(name)
+        names.append(out_dir / name)
+    return names
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+def _tile_arg(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        tile = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a non-negative integer, got {value!r}") from None
+    if tile < 0:
+        raise argparse.ArgumentTypeError(f"tile must be >= 0, got {tile}")
+    return tile
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ast-restore`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="ast-restore",
+        description="Restore images (deraining, raindrop removal, dehazing) with an AST model. "
+        "Any image size: large images are restored tile by tile.",
+        epilog="A file that cannot be read is reported and skipped; the exit status is then 1.",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files, folders (not recursive) or glob patterns")
+    parser.add_argument("output", help="output folder (created); results are written as <stem>.png")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"a variant ({', '.join(list_models())}) with --weights, a project checkpoint, an official "
+        ".pth, a folder holding a checkpoint, or an MLflow URI (models:/NAME@ALIAS, runs:/RUN_ID/PATH)",
+    )
+    parser.add_argument("--weights", help="weights for a variant name: project checkpoint or official .pth")
+    parser.add_argument(
+        "--tile",
+        type=_tile_arg,
+        default="auto",
+        help="tile side in pixels; 'auto' (default): whole image if it fits in memory, else tiles; 0: never tile",
+    )
+    parser.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring tiles (default 64)")
+    parser.add_argument(
+        "--blend",
+        choices=("cosine", "mean"),
+        default="cosine",
+        help="how overlapping tiles merge: raised-cosine weights (default, seamless) or a plain mean "
+        "(the official AST test scripts: --tile 384 --overlap 80 AGAN-Data, --tile 1152 --overlap 384 Dense-Haze)",
+    )
+    parser.add_argument("--ensemble", action="store_true", help="8-way flip/rotation self-ensemble (8x slower)")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="bf16/fp16 autocast (CUDA only)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ast-restore``.
+
+    Args:
+        argv: arguments without the program name; ``None``: ``sys.argv[1:]``.
+
+    Returns:
+        0 when every input was restored, 1 when some could not be, 2 for bad arguments or model.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(auto if args.device == "auto" else args.device)
+        options = RestoreOptions(
+            tile=args.tile or None,
+            overlap=args.overlap,
+            blend=args.blend,
+            ensemble=args.ensemble,
+            precision=args.precision,
+        )
+    except (RuntimeError, ValueError) as exc:
+        parser.error(str(exc))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here")
+    if args.precision != "fp32" and device.type != "cuda":
+        parser.error(f"--precision {args.precision} needs a CUDA device (got {device})")
+
+    try:
+        model = load_model(args.model, args.weights).to(device)
+    except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+        print(f"ast-restore: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+
+    files, missing = collect_inputs(args.inputs)
+    failed = list(missing)
+    for spec in missing:
+        print(f"ast-restore: {spec}: no such file, folder or matching image", file=sys.stderr)
+    out_dir = Path(args.output)
+    restored = 0
+    bar = tqdm(list(zip(files, _output_names(files, out_dir))), unit="img", disable=args.quiet, file=sys.stderr)
+    for src, dest in bar:
+        bar.set_postfix_str(src.name, refresh=False)
+        if dest.resolve() == src:
+            message = f"{src}: refusing to overwrite the input with its result (choose another output folder)"
+        else:
+            try:
+                save_png(dest, restore_image(model, read_image(src), options, device))
+                restored += 1
+                continue
+            except ImageReadError as exc:
+                message = str(exc)
+            except (RuntimeError, ValueError, OSError) as exc:  # e.g. out of memory, disk full
+                message = f"cannot restore {str(src)!r}: {exc}"
+        failed.append(str(src))
+        tqdm.write(f"ast-restore: {message}", file=sys.stderr)
+
+    summary = f"ast-restore: {restored} restored into {out_dir}"
+    if failed:
+        summary += f", {len(failed)} failed: " + ", ".join(failed)
+    print(summary, file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Image files in and out: anything Pillow reads becomes float RGB; results are written as PNG atomically.
+
+Conversions made by :func:`read_image` (all end as ``(H, W, 3)`` float32 in [0, 1]):
+
+- 8-bit grey, palette, CMYK, YCbCr, bilevel: converted to RGB by Pillow;
+- alpha (RGBA, LA, palette transparency): the alpha channel is dropped; the colour channels are restored
+  as they are stored (straight alpha);
+- 16-bit greyscale PNG/TIFF: full precision (divided by 65535), replicated to three channels;
+- 16-bit RGB PNG: Pillow decodes it to 8 bits per channel, so it is read at 8-bit precision;
+- EXIF orientation (phone JPEGs) is applied, so the output is upright as viewers show it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from skimage.util import img_as_ubyte
+
+__all__ = ["IMAGE_SUFFIXES", "ImageReadError", "read_image", "save_png", "to_uint8"]
+
+# What the CLI picks up from folders; explicitly named files of other types are still tried.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}  # "I": 16-bit PNGs in older Pillow
+
+
+class ImageReadError(OSError):
+    """A file that is missing, not an image, truncated or otherwise undecodable."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as float RGB.
+
+    Args:
+        path: any format Pillow decodes (PNG, JPEG, BMP, TIFF, WebP, ...).
+
+    Returns:
+        ``(H, W, 3)`` float32 RGB in [0, 1] (see the module docstring for the conversions).
+
+    Raises:
+        ImageReadError: the file cannot be opened or decoded (the message names the file).
+    """
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)  # a new, upright image when EXIF says so
+            image.load()  # decode now, so truncation errors surface here
+    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise ImageReadError(f"cannot read image {os.fspath(path)!r}: {exc}") from exc
+
+    if image.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(image, dtype=np.float32) / 65535.0  # (H, W)
+        return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=-1)
+    if image.mode == "F":  # 32-bit float TIFF: assumed to hold [0, 1] data already
+        grey = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # palette transparency needs RGBA first, then alpha is dropped
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    return rgb
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Quantise an image to 8 bits as every saved PNG is (round half to even, after clipping to [0, 1]).
+
+    Args:
+        image: ``(H, W, 3)`` (or ``(H, W)``) float in [0, 1], or already uint8.
+
+    Returns:
+        The uint8 array, same shape.
+    """
+    if image.dtype == np.uint8:
+        return image
+    return img_as_ubyte(np.clip(image, 0.0, 1.0))
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an 8-bit PNG atomically: a temporary file in the same folder, then a rename, so the path
+    holds either the complete image or nothing (never a half-written file after a crash).
+
+    Args:
+        path: destination; missing parent folders are created.
+        image: ``(H, W, 3)`` float in [0, 1] or uint8.
+
+    Returns:
+        The destination path.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as fh:  # "x": never clobber; normal permissions (umask), unlike mkstemp
+            Image.fromarray(to_uint8(image)).save(fh, format="PNG")
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
