@@ -75,7 +75,36 @@ class FRFN(nn.Module):
         x = torch.cat((conv, x[..., c4:]), dim=-1)  # (B, H, W, C)
         # linear1 as two half-width products: both halves come out contiguous (no split copies).
         w, b = self.linear1[0].weight, self.linear1[0].bias
+        if _fused_inference(x):
+            return self._fused_forward(x, w, b)
         a = F.linear(x, w[:hid], b[:hid])  # (B, H, W, hidden) pre-activations; GELUs run in the tail
         g = F.linear(x, w[hid:], b[hid:])
         dw, lin2 = self.dwconv[0], self.linear2[0]
         return gated_dw_tail(a, g, dw.weight, dw.bias, lin2.weight, lin2.bias)
+
+    def _fused_forward(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Inference on CPU: the same math with each GELU fused into the oneDNN linear / conv before it.
+
+        Saves three full passes over the hidden-width tensors (the GELUs run inside the producers'
+        kernels); the results equal the unfused ops to float32 rounding (tests compare them).
+        """
+        bhw, hid = x.shape[:-1], self.hidden_dim
+        x2 = x.reshape(-1, x.shape[-1])  # (B*H*W, C)
+        linear_gelu = torch.ops.mkldnn._linear_pointwise
+        ga = linear_gelu(x2, w[:hid], b[:hid], "gelu", [], "none").view(*bhw, hid)  # (B, H, W, hidden)
+        gg = linear_gelu(x2, w[hid:], b[hid:], "gelu", [], "none").view(*bhw, hid)
+        dw = self.dwconv[0]
+        gd = torch.ops.mkldnn._convolution_pointwise(
+            to_image(ga), dw.weight, dw.bias, [1, 1], [1, 1], [1, 1], hid, "gelu", [], "none"
+        )  # channels-last (B, hidden, H, W)
+        return self.linear2(to_features(gd).mul_(gg))
+
+
+def _fused_inference(x: torch.Tensor) -> bool:
+    """Whether the oneDNN fused-GELU inference path applies (no autograd, fp32 on a CPU with oneDNN)."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+    )

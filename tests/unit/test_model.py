@@ -49,7 +49,10 @@ def test_list_models_and_unknown_options() -> None:
         ast_model.create_model("ast_t", ffn="nope")
 
 
-@pytest.mark.parametrize("variant,side,tol", [("T", 128, 1e-5), ("T", 256, 1e-5), ("B", 128, 5e-5)])
+@pytest.mark.parametrize(
+    "variant,side,tol",
+    [("T", 128, 1e-5), pytest.param("T", 256, 1e-5, marks=pytest.mark.slow), pytest.param("B", 128, 5e-5, marks=pytest.mark.slow)],
+)
 def test_matches_official_forward(variant: str, side: int, tol: float) -> None:
     """fp32 fast path vs the official computation in fp64 (built at img_size 128: unshifted bottleneck)."""
     torch.manual_seed(1)
@@ -63,6 +66,7 @@ def test_matches_official_forward(variant: str, side: int, tol: float) -> None:
     assert (got.double() - want).abs().max().item() < tol
 
 
+@pytest.mark.slow
 def test_bottleneck_shift_option_matches_official_256_build() -> None:
     torch.manual_seed(2)
     model = _randomise(ast_model.create_model("ast_t", bottleneck_shift=True), scale=0.02).eval()
