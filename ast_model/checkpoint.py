@@ -12,15 +12,15 @@ is just a state dict with a wrapper and a prefix (``{'epoch', 'state_dict', 'opt
 
 from __future__ import annotations
 
-import os
+import io
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from ast_model.data.files import atomic_write_bytes
 from ast_model.nn.ast import AST, ASTConfig
 from ast_model.nn.registry import _VARIANTS, create_model
 
@@ -44,7 +44,6 @@ def save_checkpoint(model: AST, path: str | Path, meta: Mapping[str, Any] | None
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
@@ -54,14 +53,9 @@ def save_checkpoint(model: AST, path: str | Path, meta: Mapping[str, Any] | None
         "state_dict": state,
         "meta": dict(meta or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # atomic: the checkpoint is complete or absent
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # the checkpoint is complete or absent
     return path
 
 

@@ -215,6 +215,9 @@ def test_module_entry_point_help_and_no_tracking_imports() -> None:
 def test_runs_uri_against_a_real_local_mlflow_store(checkpoint, tmp_path, monkeypatch) -> None:
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.chdir(tmp_path)  # MLflow defaults (./mlruns) must not land in the repository
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI: monkeypatch restores both after the test.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None, raising=False)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("restore", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:

@@ -1,0 +1,350 @@
+"""The ``train`` section of params.yaml as typed dataclasses, its resolution, and the DeepSpeed config.
+
+A profile (``train``, ``train_spad``, ...) is read with the project's one loader
+(:func:`ast_model.config.load_section`, strict). :func:`resolve_stages` then turns epochs into steps and
+global batches into per-rank micro batches for a given world size, and :func:`check_config` collects every
+problem that can be found before a process starts (batch sizes that don't divide, more ranks than
+shards, fp16 without a GPU, ...). :func:`deepspeed_config` builds the DeepSpeed JSON, computing
+``train_batch_size`` = micro batch x gradient accumulation x world size so it is never typed twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ast_model.config import ConfigError
+from ast_model.data.schedule import PatchStage
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One progressive-training stage (the official recipe's separate ``--retrain`` runs, here one run).
+
+    Attributes:
+        patch_size: square training crop side in pixels.
+        batch_size: global batch = images per optimizer step over all ranks (the paper's ``--batch_size``,
+            which DataParallel split over its GPUs). Each rank gets ``batch_size / (world x grad_accum)``.
+        lr: peak learning rate of this stage (the official ``--lr_initial`` of that stage).
+        steps: stage length in optimizer steps; or
+        epochs: stage length in passes over the training set (converted with ceil(N / batch_size) steps
+            per epoch, as the official loader with drop_last=False). Give exactly one of the two.
+    """
+
+    patch_size: int
+    batch_size: int
+    lr: float
+    steps: int | None = None
+    epochs: float | None = None
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW hyper-parameters (official: betas 0.9/0.999, eps 1e-8, weight decay 0.02 on all params)."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.02
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Per-stage linear warm-up, then cosine down to ``min_lr`` by the end of the stage, every step.
+
+    Give at most one of ``warmup_steps`` / ``warmup_epochs`` (official: 3 epochs, per stage).
+    """
+
+    warmup_steps: int | None = None
+    warmup_epochs: float | None = None
+    min_lr: float = 1e-6
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Validation during training (PSNR / SSIM from :mod:`ast_model.eval.metrics`).
+
+    Attributes:
+        every_steps: validate every N optimizer steps (0: only at the end of each stage).
+        split: shard split to validate on (``data/shards/<dataset>/<split>``); None: no validation.
+        max_images: use only the first N images (None: all).
+        crop: centre crop side in pixels (official AGAN / Dense-Haze validation), None: full images.
+        y_channel: PSNR / SSIM on BT.601 Y instead of RGB (official SPAD / AGAN validation).
+        sample_images: restorations logged as images per validation (from rank 0's share).
+    """
+
+    every_steps: int = 0
+    split: str | None = "val"
+    max_images: int | None = None
+    crop: int | None = None
+    y_channel: bool = False
+    sample_images: int = 2
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How the workers start. ``nnodes``, ``node_rank``, ``master_addr``, ``master_port`` and
+    ``nproc_per_node`` can also come from the environment (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT,
+    NPROC_PER_NODE) or the stage's command line, which win in that order over params.
+
+    Attributes:
+        launcher: ``torchrun`` or ``deepspeed``; ``none`` runs one worker in-process (world size 1);
+            ``auto`` (default) is ``none`` for one process and ``torchrun`` otherwise.
+        backend: ``auto`` = nccl when CUDA is available, else gloo.
+        timeout_s: timeout of every collective: a stuck peer fails the run instead of hanging it.
+        omp_threads: OMP_NUM_THREADS per worker (None: cores / processes on this node).
+    """
+
+    launcher: Literal["auto", "torchrun", "deepspeed", "none"] = "auto"
+    nnodes: int = 1
+    nproc_per_node: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_s: int = 600
+    omp_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training profile (a top-level ``train*`` section of params.yaml).
+
+    Paths are not params (the stage takes them as arguments; dvc.yaml names them): by default the
+    stage reads ``data/shards/<dataset>/{train,<validation.split>}`` and writes ``models/<experiment>/``
+    (final and best weights in the project checkpoint format, the resolved config, a summary) and
+    ``checkpoints/<experiment>/`` (DeepSpeed checkpoints for resume; kept out of the DVC output so a
+    crashed ``dvc repro`` can resume and DVC does not cache optimizer states).
+    """
+
+    stages: list[StageConfig]
+    experiment: str = "default"
+    dataset: str = "embedded_rain"
+    model: str | None = None  # None: the `model` section's variant
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    loss_eps: float = 1e-3
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    precision: Precision = "fp32"
+    zero_stage: Literal[0, 1, 2] = 0
+    grad_accum: int = 1
+    grad_clip: float = 0.0  # 0 = off (official: no clipping)
+    seed: int = 1234
+    deterministic: bool = False
+    num_workers: int = 0
+    log_every: int = 10
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists, not tuples): for JSON files and MLflow params."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ResolvedStage:
+    """A stage with every number the loop needs, for one world size.
+
+    Attributes:
+        index: 0-based stage number.
+        patch_size: crop side.
+        global_batch: images per optimizer step over all ranks.
+        micro_batch: images per forward pass on one rank.
+        steps: optimizer steps in this stage.
+        lr: peak learning rate.
+        warmup_steps: linear warm-up length at the start of the stage.
+    """
+
+    index: int
+    patch_size: int
+    global_batch: int
+    micro_batch: int
+    steps: int
+    lr: float
+    warmup_steps: int
+
+    def patch_stage(self) -> PatchStage:
+        """The data side's view of this stage (patch, per-rank micro batch, steps)."""
+        return PatchStage(self.patch_size, self.micro_batch, self.steps)
+
+
+def resolve_stages(cfg: TrainConfig, *, world_size: int, train_samples: int | None) -> list[ResolvedStage]:
+    """Turn the configured stages into steps and per-rank micro batches.
+
+    Args:
+        cfg: the training profile.
+        world_size: total number of training processes.
+        train_samples: size of the training set (needed only for ``epochs`` / ``warmup_epochs``).
+
+    Returns:
+        One :class:`ResolvedStage` per configured stage.
+
+    Raises:
+        ConfigError: the first problem found; :func:`check_config` reports all of them.
+    """
+    problems = _stage_problems(cfg, world_size=world_size, train_samples=train_samples)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    out = []
+    for i, st in enumerate(cfg.stages):
+        per_epoch = math.ceil(train_samples / st.batch_size) if train_samples else 0
+        steps = st.steps if st.steps is not None else max(1, round(st.epochs * per_epoch))
+        if cfg.schedule.warmup_epochs is not None:
+            warm = round(cfg.schedule.warmup_epochs * per_epoch)
+        else:
+            warm = cfg.schedule.warmup_steps or 0
+        out.append(
+            ResolvedStage(
+                index=i,
+                patch_size=st.patch_size,
+                global_batch=st.batch_size,
+                micro_batch=st.batch_size // (world_size * cfg.grad_accum),
+                steps=steps,
+                lr=st.lr,
+                warmup_steps=min(warm, steps - 1),
+            )
+        )
+    return out
+
+
+def _stage_problems(cfg: TrainConfig, *, world_size: int, train_samples: int | None) -> list[str]:
+    problems = []
+    if not cfg.stages:
+        problems.append("train.stages is empty: give at least one {patch_size, batch_size, lr, steps|epochs}")
+    if cfg.grad_accum < 1:
+        problems.append(f"train.grad_accum={cfg.grad_accum} must be >= 1")
+    if cfg.schedule.warmup_steps is not None and cfg.schedule.warmup_epochs is not None:
+        problems.append("train.schedule: give warmup_steps or warmup_epochs, not both")
+    needs_samples = cfg.schedule.warmup_epochs is not None
+    per_rank = world_size * max(cfg.grad_accum, 1)
+    for i, st in enumerate(cfg.stages):
+        key = f"train.stages[{i}]"
+        if (st.steps is None) == (st.epochs is None):
+            problems.append(f"{key}: give exactly one of steps / epochs")
+        elif (st.steps is not None and st.steps < 1) or (st.epochs is not None and st.epochs <= 0):
+            problems.append(f"{key}: the stage length must be positive")
+        needs_samples |= st.epochs is not None
+        if st.patch_size < 1 or st.batch_size < 1 or st.lr <= 0:
+            problems.append(f"{key}: patch_size, batch_size and lr must be positive")
+        elif st.batch_size % per_rank:
+            problems.append(
+                f"{key}.batch_size={st.batch_size} does not divide into world size {world_size} x "
+                f"grad_accum {cfg.grad_accum} = {per_rank}: every rank needs a whole micro batch"
+            )
+    if needs_samples and not train_samples:
+        problems.append("epochs / warmup_epochs need the training-set size (the shard index was not found)")
+    return problems
+
+
+def check_config(
+    cfg: TrainConfig,
+    *,
+    world_size: int,
+    train_samples: int | None,
+    num_shards: int | None,
+    has_gpu: bool,
+    shard_dir: str = "the training shard folder",
+    pad_multiple: int | None = None,
+) -> list[str]:
+    """Every problem that can be found before starting a process (empty list: good to go).
+
+    Args:
+        cfg: the training profile.
+        world_size: nodes x processes per node.
+        train_samples: training-set size from the shard index (None: index missing).
+        num_shards: training shard count (None: index missing).
+        shard_dir: named in the "more ranks than shards" message.
+        has_gpu: whether CUDA is available on this node.
+        pad_multiple: the model pads inputs to a multiple of this; patches that are not multiples waste
+            compute on padding.
+
+    Returns:
+        Human-readable problems, each naming the key.
+    """
+    problems = _stage_problems(cfg, world_size=world_size, train_samples=train_samples)
+    if num_shards is not None:
+        readers = world_size * max(cfg.num_workers, 1)
+        if readers > num_shards:
+            problems.append(
+                f"{readers} readers (world size {world_size} x max(num_workers {cfg.num_workers}, 1)) but only "
+                f"{num_shards} training shard(s) in {shard_dir}: a rank would get no "
+                "data; write more shards or use fewer processes / workers"
+            )
+    if cfg.precision == "fp16" and not has_gpu:
+        problems.append("train.precision=fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 here): use bf16 or fp32")
+    if cfg.launch.backend == "nccl" and not has_gpu:
+        problems.append("train.launch.backend=nccl needs a GPU: use gloo or auto")
+    if cfg.launch.launcher == "none" and world_size != 1:
+        problems.append(f"train.launch.launcher=none runs one process, but world size is {world_size}")
+    if not 0 <= cfg.launch.node_rank < cfg.launch.nnodes:
+        problems.append(f"train.launch.node_rank={cfg.launch.node_rank} must be in [0, nnodes={cfg.launch.nnodes})")
+    for name in ("log_every", "save_every", "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"train.{name} must be >= 1")
+    if cfg.validation.every_steps < 0:
+        problems.append("train.validation.every_steps must be >= 0")
+    if cfg.grad_clip < 0:
+        problems.append("train.grad_clip must be >= 0 (0 = off)")
+    if pad_multiple:
+        for i, st in enumerate(cfg.stages):
+            if st.patch_size % pad_multiple:
+                problems.append(
+                    f"train.stages[{i}].patch_size={st.patch_size} is not a multiple of the model's pad multiple "
+                    f"{pad_multiple} (16 x win_size): every step would train on padding"
+                )
+    return problems
+
+
+def deepspeed_config(cfg: TrainConfig, *, micro_batch: int, world_size: int, lr: float) -> dict[str, Any]:
+    """The DeepSpeed JSON config for this profile.
+
+    Args:
+        cfg: the training profile.
+        micro_batch: per-rank batch of the first stage. DeepSpeed uses it only for bookkeeping; later
+            stages feed their own micro batch (gradient scaling depends on ``grad_accum`` only).
+        world_size: total processes.
+        lr: initial learning rate written into the optimizer (the loop sets the LR every step).
+
+    Returns:
+        A dict for ``deepspeed.initialize(config=...)``.
+    """
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": micro_batch * cfg.grad_accum * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": lr,
+                "betas": list(cfg.optimizer.betas),
+                "eps": cfg.optimizer.eps,
+                "weight_decay": cfg.optimizer.weight_decay,
+                # Plain torch.optim.AdamW: FusedAdam would JIT-compile (~60 s on CPU, needs nvcc on GPU).
+                "torch_adam": True,
+                "adam_w_mode": True,
+            },
+        },
+        "steps_per_print": 2**31 - 1,  # progress is ours (tqdm + MLflow); keep DeepSpeed quiet
+        "wall_clock_breakdown": False,
+    }
+    if cfg.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif cfg.precision == "fp16":
+        # Dynamic loss scaling, as the official AMP GradScaler with default settings.
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    return ds

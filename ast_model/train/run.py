@@ -1,0 +1,202 @@
+"""One worker's whole training run: join the job, decide resume vs fresh, build, train, summarise.
+
+Every rank calls :func:`train` with the same :class:`~ast_model.train.spec.RunSpec`. Rank 0 takes the
+shared decisions (resume or not, the tracker run) and broadcasts them, so the ranks never disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+
+from ast_model import create_model
+from ast_model.data.files import atomic_write_json
+from ast_model.train.checkpoints import CheckpointStore
+from ast_model.train.config import deepspeed_config
+from ast_model.train.data import ShardData, TrainData
+from ast_model.train.distributed import DistInfo, broadcast_object, init_distributed, seed_everything
+from ast_model.train.engine import build_engine
+from ast_model.train.loop import LoopState, NonFiniteLossError, Trainer
+from ast_model.train.schedule import lr_at
+from ast_model.train.spec import RunSpec, changed_keys
+from ast_model.train.tracker import NullTracker, Tracker
+
+log = logging.getLogger("ast_model.train")
+
+ResumePolicy = Literal["auto", "never", "must"]
+# (run id to resume or None, run id of an abandoned older run or None) -> the rank-0 tracker
+TrackerFactory = Callable[[str | None, str | None], Tracker]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a run ended (on every rank).
+
+    Attributes:
+        state: the final loop state.
+        run_id: the tracker's run id (None without a tracker).
+        resumed_from: the step the run resumed from (None: started fresh).
+        final_path: the exported final weights.
+    """
+
+    state: LoopState
+    run_id: str | None
+    resumed_from: int | None
+    final_path: str
+
+
+def configure_logging(info: DistInfo) -> None:
+    """Rank-prefixed log lines; rank 0 at INFO, others at WARNING; DeepSpeed's chatter at WARNING."""
+    logging.basicConfig(format=f"[rank {info.rank}] %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if info.is_main else logging.WARNING, force=True)
+    try:
+        from deepspeed.utils import logger as ds_logger
+
+        ds_logger.setLevel(logging.WARNING)
+    except ImportError:  # pragma: no cover - deepspeed is a pipeline dependency
+        pass
+
+
+def _decide(store: CheckpointStore, spec: RunSpec, policy: ResumePolicy) -> tuple[dict | None, str | None, str | None]:
+    """(marker to resume from, tracker run id to continue, abandoned run id): rank 0's view."""
+    record, marker = store.run_record(), store.marker()
+    if record is None:
+        if policy == "must":
+            raise RuntimeError(f"--resume must: no run record in {store.root}")
+        return None, None, None
+    old_run = record.get("mlflow_run_id")
+    if policy == "never":
+        log.info("starting fresh (--fresh): removing %s", store.root)
+        return None, None, old_run
+    if record.get("fingerprint") != spec.fingerprint():
+        try:
+            keys = changed_keys(RunSpec.from_dict(record["spec"]).identity(), spec.identity())
+        except Exception:  # an old or damaged record: we only want a helpful message
+            keys = ["(unreadable old spec)"]
+        msg = f"{store.root} belongs to a different configuration (changed: {', '.join(keys) or '?'})"
+        if policy == "must":
+            raise RuntimeError(f"cannot resume: {msg}")
+        log.warning("%s: starting fresh and removing those checkpoints", msg)
+        return None, None, old_run
+    if marker is None and policy == "must":
+        raise RuntimeError(f"--resume must: no complete checkpoint in {store.root}")
+    return marker, old_run, None
+
+
+def train(
+    spec: RunSpec,
+    *,
+    data: TrainData | None = None,
+    tracker_factory: TrackerFactory | None = None,
+    resume: ResumePolicy = "auto",
+) -> TrainResult:
+    """Run (or continue) the training described by ``spec`` on this rank.
+
+    Args:
+        spec: the resolved run (identical on every rank).
+        data: batches and validation images (default: the shards named in ``spec``).
+        tracker_factory: builds the tracker on rank 0 (default: no tracking).
+        resume: ``auto`` continues from the last complete checkpoint of the same configuration and
+            starts fresh otherwise; ``never`` always starts fresh (deleting old checkpoints); ``must``
+            fails unless it can resume.
+
+    Returns:
+        The :class:`TrainResult`.
+
+    Raises:
+        NonFiniteLossError: the loss went NaN / Inf (the last checkpoint is left as it was).
+    """
+    cfg = spec.train
+    info = init_distributed(cfg.launch.backend, cfg.launch.timeout_s)
+    configure_logging(info)
+    if info.world_size != spec.world_size:
+        raise RuntimeError(f"spec was resolved for {spec.world_size} processes, but {info.world_size} joined")
+    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    store = CheckpointStore(spec.ckpt_dir, info)
+    decision = None
+    if info.is_main:  # one view of the shared folder, so every rank takes the same branch below
+        marker, run_id, stale = _decide(store, spec, resume)
+        leftovers = store.marker() is not None or store.run_record() is not None
+        decision = (marker, run_id, stale, marker is None and leftovers)
+    marker, run_id, stale, clear = broadcast_object(decision)
+    if clear:
+        store.clear()
+
+    model = create_model(spec.model_name, **spec.model_kwargs)  # same seed: same init on every rank
+    torch.manual_seed(cfg.seed + 1 + info.rank)  # then a stream per rank (stochastic depth masks)
+    ds_config = deepspeed_config(cfg, micro_batch=spec.stages[0].micro_batch, world_size=info.world_size,
+                                 lr=lr_at(spec.stages, 0, floor=cfg.schedule.min_lr))
+    engine = build_engine(model, ds_config)
+    state = LoopState()
+    if marker is not None:
+        state = LoopState(**store.load(engine, marker))
+        log.info("resuming from %s at step %d of %d", store.root / marker["tag"], state.step, spec.total_steps)
+
+    if data is None:  # verifies this rank's shards: fail before a tracker run exists
+        data = ShardData(spec.train_dir, spec.val_dir, seed=cfg.seed, num_workers=cfg.num_workers,
+                         rank=info.rank, world_size=info.world_size)
+    tracker: Tracker = NullTracker()
+    if info.is_main and tracker_factory is not None:
+        tracker = tracker_factory(run_id, stale)
+    run_id = broadcast_object(tracker.run_id if info.is_main else None)
+    if not info.is_main:
+        tracker = NullTracker(run_id)
+    store.write_run_record({"fingerprint": spec.fingerprint(), "mlflow_run_id": run_id, "spec": spec.to_dict()})
+    if info.is_main:
+        atomic_write_json(Path(spec.out_dir) / "config.json", {**spec.to_dict(), "deepspeed": ds_config})
+
+    trainer = Trainer(spec, engine, data, store, tracker, info)
+    # The launcher stops workers with SIGTERM (a cancelled Prefect run, a dead peer): end the tracker run as
+    # KILLED instead of leaving it RUNNING. The next launch resumes from the last checkpoint.
+    if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        state = trainer.run(state)
+    except NonFiniteLossError as exc:
+        log.error("%s", exc)
+        tracker.finish("FAILED", str(exc))
+        raise
+    except KeyboardInterrupt as exc:
+        tracker.finish("KILLED", str(exc) or "interrupted")
+        raise
+    except BaseException as exc:
+        tracker.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    final = str(Path(spec.out_dir) / "final.pt")
+    if info.is_main:
+        summary = _summary(spec, state, trainer, run_id, marker)
+        atomic_write_json(Path(spec.out_dir) / "summary.json", summary)
+        for name in ("summary.json", "config.json"):
+            tracker.log_artifact(Path(spec.out_dir) / name)
+        tracker.finish("FINISHED")
+        log.info("done: %s (best val PSNR %s at step %s)", final, state.best_psnr, state.best_step)
+    return TrainResult(state, run_id, marker["step"] if marker else None, final)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def _summary(spec: RunSpec, state: LoopState, trainer: Trainer, run_id: str | None, marker: dict | None) -> dict[str, Any]:
+    val = trainer.last_val
+    return {
+        "experiment": spec.train.experiment,
+        "profile": spec.profile,
+        "model": spec.model_name,
+        "world_size": spec.world_size,
+        "steps": state.step,
+        "resumed_from_step": marker["step"] if marker else None,
+        "final_val_psnr": val.psnr if val else None,
+        "final_val_ssim": val.ssim if val else None,
+        "final_path": "final.pt",
+        "best_path": "best.pt" if state.best_step is not None else None,
+        "mlflow_run_id": run_id,
+        **{f"loop.{k}": v for k, v in asdict(state).items()},
+        **spec.tags,
+    }

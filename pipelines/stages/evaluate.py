@@ -1,0 +1,280 @@
+"""DVC stage ``evaluate``: score the trained model on the test split; log the result to its MLflow run.
+
+Reads the ``evaluate`` section (how to score) and the training profile (``train``: which experiment and
+dataset), restores every image of ``data/shards/<dataset>/<split>/`` with ``models/<experiment>/best.pt``
+(or ``final.pt``), and writes:
+
+- ``metrics/<experiment>.json``: ``psnr``, ``ssim``, ``input_psnr``, ``input_ssim`` (the degraded input's own
+  scores: the baseline), ``protocol``, ``per_image``, and what was scored (dataset, task, split, weights,
+  test-data hash, MLflow run id);
+- ``reports/<experiment>/samples/<key>.png``: ``input | restored | target`` side by side, for the first
+  ``evaluate.sample_grids`` images.
+
+Both are written atomically. The same metrics (``test/*``), the metrics file and the grids go to the
+training's MLflow run (its id is in ``models/<experiment>/summary.json``); a new run is made when the store
+does not know it.
+
+Usage::
+
+    python -m pipelines.stages.evaluate [--params params.yaml] [--profile train] [--section evaluate]
+        [--shards data/shards] [--models models] [--metrics metrics] [--reports reports] [--no-mlflow]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ast_model.config import ConfigError, load_section, read_params
+
+GRID_GAP = 4  # white pixels between the three panels of a sample grid
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"evaluate.device={name!r}: CUDA is not available here")
+    return device
+
+
+def _summary(model_dir: Path) -> dict[str, Any]:
+    """``summary.json`` of the training (empty when absent: weights copied by hand, no run id)."""
+    path = model_dir / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable training summary ({exc})") from exc
+
+
+def weights_path(model_dir: Path, choice: str, summary: dict[str, Any]) -> Path:
+    """The checkpoint to score: ``best.pt`` or ``final.pt`` of ``model_dir``.
+
+    ``best`` falls back to ``final.pt`` when the training recorded no best model (no validation split);
+    the file actually used is recorded in the metrics.
+
+    Raises:
+        FileNotFoundError: no such checkpoint (names the folder and the training stage).
+    """
+    name = "final.pt"
+    if choice == "best":
+        # The training's summary says whether it kept a best model; without a summary (weights copied in
+        # by hand) the file itself decides.
+        has_best = (model_dir / "best.pt").is_file()
+        name = (summary.get("best_path") if "best_path" in summary else "best.pt" if has_best else None) or name
+    path = model_dir / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained weights (run the train stage, or check train.experiment)")
+    if choice == "best" and name != "best.pt":
+        print(f"evaluate: {model_dir} has no best.pt (training without validation): scoring {name}", flush=True)
+    return path
+
+
+def _uint8(x: Any) -> np.ndarray:
+    """A loader tensor ``(1, 3, H, W)`` in [0, 1] (decoded from 8-bit PNG) back to its exact uint8 ``(H, W, 3)``."""
+    return np.rint(x[0].permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
+
+
+def split_pairs(shard_dir: Path, max_images: int | None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(key, degraded, target)`` uint8 pairs of a split, in index order (shards verified first)."""
+    from ast_model.data.loaders import make_eval_loader
+
+    for i, sample in enumerate(make_eval_loader(shard_dir, verify=True)):
+        if max_images is not None and i >= max_images:
+            return
+        yield str(sample["key"]), _uint8(sample["input"]), _uint8(sample["target"])
+
+
+def sample_grid(degraded: np.ndarray, restored: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``input | restored | target`` side by side, white gaps between, as uint8 ``(H, W', 3)``."""
+    from ast_model.eval.images import to_uint8
+
+    gap = np.full((degraded.shape[0], GRID_GAP, 3), 255, np.uint8)
+    return np.concatenate([to_uint8(degraded), gap, to_uint8(restored), gap, to_uint8(target)], axis=1)
+
+
+class GridWriter:
+    """Writes the first ``limit`` results as grids into a folder (the ``on_result`` of evaluate_pairs)."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self.folder, self.limit, self.written = folder, limit, []
+
+    def __call__(self, key: str, degraded: np.ndarray, restored: np.ndarray, target: np.ndarray) -> None:
+        """Save one grid while fewer than ``limit`` were written."""
+        from ast_model.eval.images import save_png
+
+        if len(self.written) < self.limit:
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
+            self.written.append(save_png(self.folder / f"{safe}.png", sample_grid(degraded, restored, target)))
+
+
+def _stage_run(summary: dict[str, Any], experiment: str, tags: dict[str, str]) -> tuple[Any, str]:
+    """``(MlflowClient, run id)``: the training's run, or a new run when the store does not know it."""
+    from pipelines.tracking import client, run_for_stage
+
+    c = client()
+    run_id, _ = run_for_stage(c, summary.get("mlflow_run_id"), experiment=experiment,
+                              run_name=f"evaluate-{experiment}", tags=tags)
+    return c, run_id
+
+
+def _log_evaluation(c: Any, run_id: str, step: int, result: dict[str, Any], metrics_file: Path, grids: Path) -> None:
+    """Log the scores (``test/*`` at the training's last step), the metrics file and the grids."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    values = {f"test/{k}": result[k] for k in ("psnr", "ssim", "input_psnr", "input_ssim")}
+    c.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items() if np.isfinite(v)])
+    # Tags, not params: a rerun with other settings may change them (MLflow params are write-once).
+    for key in ("protocol", "y_channel", "crop_border", "dataset", "split", "task", "weights", "count"):
+        c.set_tag(run_id, f"evaluate.{key}", str(result[key]))
+    c.log_artifact(run_id, str(metrics_file), "evaluate")
+    if grids.is_dir() and any(grids.iterdir()):
+        c.log_artifacts(run_id, str(grids), "evaluate/samples")
+
+
+def run(
+    params: str | Path = "params.yaml",
+    *,
+    profile: str = "train",
+    section: str = "evaluate",
+    shards: str | Path = "data/shards",
+    models: str | Path = "models",
+    metrics: str | Path = "metrics",
+    reports: str | Path = "reports",
+    track: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score the trained model of training profile ``profile`` with the settings of ``section``.
+
+    Args:
+        params: the params file.
+        profile: the training section naming ``experiment`` and ``dataset`` (``train``, ``train_spad``, ...).
+        section: the evaluation settings (:class:`~ast_model.eval.config.EvaluateConfig`).
+        shards: shard root (reads ``<shards>/<dataset>/<split>``).
+        models: model root (reads ``<models>/<experiment>/``).
+        metrics: writes ``<metrics>/<experiment>.json``.
+        reports: writes ``<reports>/<experiment>/samples/``.
+        track: log to MLflow (the training's run).
+        progress: show a progress bar.
+
+    Returns:
+        The metrics dictionary that was written.
+
+    Raises:
+        ConfigError: a bad params section (every problem listed).
+        FileNotFoundError: no trained weights.
+        ShardError: no complete, verified test split.
+    """
+    import hashlib
+
+    from ast_model.checkpoint import load_checkpoint
+    from ast_model.data.files import atomic_write_json, sha256_file, staged_dir
+    from ast_model.data.shards import INDEX, read_index
+    from ast_model.eval.config import EvaluateConfig
+    from ast_model.eval.evaluate import evaluate_pairs
+    from ast_model.train.config import TrainConfig
+
+    raw = read_params(params)
+    if profile not in raw:
+        raise ConfigError(f"{params}: no training section {profile!r} (the model to evaluate)")
+    train = load_section(TrainConfig, raw, profile, source=str(params))
+    cfg = load_section(EvaluateConfig, raw, section, source=str(params))
+    if cfg.problems():
+        raise ConfigError("\n".join(cfg.problems()))
+    device = _device(cfg.device)
+    if cfg.precision != "fp32" and device.type != "cuda":
+        raise ConfigError(f"evaluate.precision={cfg.precision} needs a CUDA device (evaluating on {device})")
+
+    model_dir = Path(models) / train.experiment
+    summary = _summary(model_dir)
+    weights = weights_path(model_dir, cfg.weights, summary)
+    shard_dir = Path(shards) / train.dataset / cfg.split
+    index = read_index(shard_dir)
+    model = load_checkpoint(weights, map_location=device)
+    print(f"evaluate: {weights} on {shard_dir} ({index['samples']} images, protocol {cfg.protocol}, "
+          f"{'Y' if cfg.y_channel else 'RGB'}, {device})", flush=True)
+
+    reports_dir = Path(reports) / train.experiment
+    start = time.perf_counter()
+    # Grids are built in a staging folder and published whole: the folder never mixes two runs' images.
+    with staged_dir(reports_dir / "samples") as staging:
+        grids = GridWriter(staging, cfg.sample_grids)
+        result = evaluate_pairs(model, split_pairs(shard_dir, cfg.max_images), protocol=cfg.protocol,
+                                y_channel=cfg.y_channel, crop_border=cfg.crop_border,
+                                options=cfg.restore_options(), device=device, on_result=grids, progress=progress)
+    seconds = time.perf_counter() - start
+    result.update(
+        experiment=train.experiment,
+        dataset=train.dataset,
+        task=index.get("task"),
+        split=cfg.split,
+        weights=weights.name,
+        checkpoint_sha256=sha256_file(weights)[0],
+        variant=getattr(model, "variant", None),
+        test_index_sha256=hashlib.sha256((shard_dir / INDEX).read_bytes()).hexdigest(),
+        ensemble=cfg.ensemble,
+        training_steps=summary.get("steps"),
+        seconds=round(seconds, 3),
+        seconds_per_image=round(seconds / result["count"], 4),
+        mlflow_run_id=None,
+    )
+    metrics_file = Path(metrics) / f"{train.experiment}.json"
+    if track:
+        # The run is settled before the file is written: its id goes into the file (register logs the
+        # model into the same run), and the file itself is one of the run's artifacts.
+        c, run_id = _stage_run(summary, train.experiment, {"evaluate.dataset": train.dataset})
+        result["mlflow_run_id"] = run_id
+        atomic_write_json(metrics_file, result)
+        _log_evaluation(c, run_id, int(summary.get("steps") or 0), result, metrics_file, reports_dir / "samples")
+    else:
+        atomic_write_json(metrics_file, result)
+    print(f"evaluate: PSNR {result['psnr']:.3f} dB, SSIM {result['ssim']:.4f} (input {result['input_psnr']:.3f} dB, "
+          f"{result['input_ssim']:.4f}) over {result['count']} images in {seconds:.1f} s -> {metrics_file}", flush=True)
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m pipelines.stages.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    p.add_argument("--profile", default="train",
+                   help="training section naming experiment and dataset (default: %(default)s)")
+    p.add_argument("--section", default="evaluate", help="evaluation settings section (default: %(default)s)")
+    p.add_argument("--shards", default="data/shards",
+                   help="shard root: reads <shards>/<dataset>/<split> (default: %(default)s)")
+    p.add_argument("--models", default="models", help="model root: reads <models>/<experiment>/ (default: %(default)s)")
+    p.add_argument("--metrics", default="metrics", help="writes <metrics>/<experiment>.json (default: %(default)s)")
+    p.add_argument("--reports", default="reports", help="writes <reports>/<experiment>/samples/ (default: %(default)s)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2: configuration or input problem)."""
+    from ast_model.data.shards import ShardError
+
+    args = parse_args(argv)
+    try:
+        run(args.params, profile=args.profile, section=args.section, shards=args.shards, models=args.models,
+            metrics=args.metrics, reports=args.reports, track=not args.no_mlflow, progress=not args.quiet)
+    except (ConfigError, FileNotFoundError, ShardError) as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

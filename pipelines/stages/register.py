@@ -1,0 +1,211 @@
+"""DVC stage ``register``: the evaluated model becomes a registered MLflow model version; champion gate.
+
+Reads the ``register`` section and the training profile (``train``: which experiment), the evaluate stage's
+``metrics/<experiment>.json`` and the checkpoint it scored (``models/<experiment>/best.pt`` or ``final.pt``;
+its sha256 must match the one in the metrics). Then:
+
+1. logs the model to the training's MLflow run as a pyfunc that restores images (``(H, W, 3)`` float32 in
+   [0, 1] in, the same out; requirements pinned from ``requirements.txt``; the project checkpoint as an
+   artifact, so ``ast-restore --model models:/<name>@champion`` works too);
+2. creates a new version of the registered model ``<task>-ast`` (``register.model_name``), tagged with its
+   test score and what it was measured on;
+3. moves the alias ``champion`` to it only if its test PSNR beats the current champion's on the same
+   dataset, split and protocol (by more than ``register.min_gain_db``); otherwise tags it ``challenger``
+   with the reason.
+
+Writes ``reports/<experiment>/registry.json`` (version, alias decision, reason) atomically.
+
+Usage::
+
+    python -m pipelines.stages.register [--params params.yaml] [--profile train] [--section register]
+        [--models models] [--metrics metrics] [--reports reports] [--requirements requirements.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ast_model.config import ConfigError, load_section, read_params
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """The ``register`` section.
+
+    Attributes:
+        model_name: registered model name; ``{task}`` is the dataset's task (rain, raindrop, haze).
+        alias: the alias that marks the best model (``models:/<name>@<alias>``).
+        min_gain_db: a new version must beat the champion's test PSNR by more than this (0: any gain;
+            a tie never replaces the champion).
+        same_test_data: compare only scores measured on the identical test images (same shard index
+            hash); a changed test set then keeps the champion until it is re-evaluated or moved by hand.
+    """
+
+    model_name: str = "{task}-ast"
+    alias: str = "champion"
+    min_gain_db: float = 0.0
+    same_test_data: bool = True
+
+    def problems(self) -> list[str]:
+        """Cross-field problems (empty: fine), each naming its key."""
+        out = []
+        if self.min_gain_db < 0:
+            out.append(f"register.min_gain_db={self.min_gain_db} must be >= 0")
+        if not self.alias or not self.alias.replace("-", "").replace("_", "").isalnum():
+            out.append(f"register.alias={self.alias!r}: use letters, digits, '-' and '_'")
+        return out
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no test metrics (run the evaluate stage first)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable metrics ({exc})") from exc
+
+
+def _checkpoint(model_dir: Path, metrics: dict[str, Any], metrics_file: Path) -> Path:
+    """The checkpoint the metrics were measured on; refuses one that changed since evaluation."""
+    from ast_model.data.files import sha256_file
+
+    path = model_dir / str(metrics.get("weights") or "")
+    if not metrics.get("weights") or not path.is_file():
+        raise FileNotFoundError(f"{path}: the weights scored in {metrics_file} are missing")
+    expected = metrics.get("checkpoint_sha256")
+    if expected and sha256_file(path)[0] != expected:
+        raise ConfigError(f"{path} changed since {metrics_file} was written: rerun the evaluate stage first")
+    return path
+
+
+def run(
+    params: str | Path = "params.yaml",
+    *,
+    profile: str = "train",
+    section: str = "register",
+    models: str | Path = "models",
+    metrics: str | Path = "metrics",
+    reports: str | Path = "reports",
+    requirements: str | Path = "requirements.txt",
+) -> dict[str, Any]:
+    """Register the evaluated model of training profile ``profile`` and apply the champion gate.
+
+    Args:
+        params: the params file.
+        profile: the training section naming ``experiment``.
+        section: the registry settings (:class:`RegisterConfig`).
+        models: model root (``<models>/<experiment>/``).
+        metrics: metrics root (``<metrics>/<experiment>.json`` from the evaluate stage).
+        reports: writes ``<reports>/<experiment>/registry.json``.
+        requirements: the pinned requirements the served model gets.
+
+    Returns:
+        The result that was written.
+
+    Raises:
+        ConfigError: bad params, unreadable metrics, or weights changed since evaluation.
+        FileNotFoundError: no metrics or no weights.
+        RegistryError: MLflow refused a step (logging, registering).
+    """
+    from ast_model.data.files import atomic_write_json
+    from ast_model.train.config import TrainConfig
+    from pipelines import gate, registry
+    from pipelines.tracking import client, run_for_stage
+
+    raw = read_params(params)
+    if profile not in raw:
+        raise ConfigError(f"{params}: no training section {profile!r} (the model to register)")
+    train = load_section(TrainConfig, raw, profile, source=str(params))
+    cfg = load_section(RegisterConfig, raw, section, source=str(params))
+    if cfg.problems():
+        raise ConfigError("\n".join(cfg.problems()))
+
+    metrics_file = Path(metrics) / f"{train.experiment}.json"
+    scores = _read_metrics(metrics_file)
+    score = gate.Score.from_metrics(scores)
+    task = scores.get("task")
+    if not task:
+        raise ConfigError(f"{metrics_file}: no 'task' (the test shards' index names none): cannot name the model")
+    name = gate.registered_model_name(cfg.model_name, str(task))
+    checkpoint = _checkpoint(Path(models) / train.experiment, scores, metrics_file)
+    pins = registry.pinned_requirements(requirements)
+
+    c = client()
+    run_id, _ = run_for_stage(c, scores.get("mlflow_run_id"), experiment=train.experiment,
+                              run_name=f"register-{train.experiment}")
+    info = {"experiment": train.experiment, "task": str(task), "variant": str(scores.get("variant")),
+            "weights": checkpoint.name, "checkpoint_sha256": str(scores.get("checkpoint_sha256"))}
+    logged = registry.log_restorer(c, run_id=run_id, checkpoint=checkpoint, pip_requirements=pins,
+                                   metadata={**info, **asdict(score)}, tags=score.to_tags())
+    extra = {"test.count": str(scores.get("count")), "test.input_psnr": repr(float(scores["input_psnr"]))}
+    version = registry.register_version(
+        c, name, logged, tags={**info, **score.to_tags(), **extra},
+        description=f"{info['variant']} from experiment {train.experiment} ({checkpoint.name}): {score.describe()}",
+    )
+    previous = registry.current_champion(c, name, cfg.alias)
+    previous_version = str(previous[0].version) if previous else None
+    decision = gate.decide(score, previous[1] if previous else None, champion_version=previous_version,
+                           min_gain_db=cfg.min_gain_db, same_test_data=cfg.same_test_data)
+    new_version = str(version.version)
+    registry.apply_decision(c, name, new_version, decision, cfg.alias)
+
+    result = {
+        "registered_model": name,
+        "version": new_version,
+        "model_uri": f"models:/{name}/{new_version}",
+        "alias": cfg.alias,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "champion_version": new_version if decision.promote else previous_version,
+        "previous_champion": ({"version": previous_version, "psnr": previous[1].psnr if previous[1] else None}
+                              if previous else None),
+        "test": asdict(score),
+        "logged_model_id": logged.model_id,
+        "mlflow_run_id": run_id,
+    }
+    out = Path(reports) / train.experiment / "registry.json"
+    atomic_write_json(out, result)
+    verdict = f"now @{cfg.alias}" if decision.promote else "tagged challenger"
+    print(f"register: {name} v{new_version} {verdict}: {decision.reason} -> {out}", flush=True)
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m pipelines.stages.register", description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    p.add_argument("--profile", default="train", help="training section naming the experiment (default: %(default)s)")
+    p.add_argument("--section", default="register", help="registry settings section (default: %(default)s)")
+    p.add_argument("--models", default="models", help="model root: reads <models>/<experiment>/ (default: %(default)s)")
+    p.add_argument("--metrics", default="metrics", help="reads <metrics>/<experiment>.json (default: %(default)s)")
+    p.add_argument("--reports", default="reports",
+                   help="writes <reports>/<experiment>/registry.json (default: %(default)s)")
+    p.add_argument("--requirements", default="requirements.txt",
+                   help="pinned requirements of the served model (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2: configuration or input problem, 1: MLflow refused)."""
+    from pipelines.registry import RegistryError
+
+    args = parse_args(argv)
+    try:
+        run(args.params, profile=args.profile, section=args.section, models=args.models, metrics=args.metrics,
+            reports=args.reports, requirements=args.requirements)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"register: {exc}", file=sys.stderr)
+        return 2
+    except RegistryError as exc:
+        print(f"register: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

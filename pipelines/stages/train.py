@@ -1,0 +1,210 @@
+"""DVC stage ``train``: validate the training profile, then start the workers (DeepSpeed).
+
+Everything that can be checked is checked here, before any worker starts: unknown or mistyped keys, batch
+sizes that do not divide over the ranks, more readers than training shards, patches larger than the
+images, fp16 without a GPU. All problems are reported together and the stage exits with status 2.
+
+Then it writes the resolved run (``checkpoints/<experiment>/launch/spec-node<R>.json``) and starts the
+workers through ``torchrun`` or ``deepspeed`` (one process: in this process, no launcher). On several
+nodes run this same command on every node, each with its node rank (``--node-rank`` or NODE_RANK).
+
+Usage::
+
+    python -m pipelines.stages.train [--params params.yaml] [--profile train] [--shards data/shards]
+        [--out models] [--checkpoints checkpoints] [--nproc-per-node M] [--nnodes N] [--node-rank R]
+        [--master-addr HOST] [--master-port P] [--launcher auto|torchrun|deepspeed|none]
+        [--fresh | --resume-only] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ast_model.config import ConfigError, load_section, read_params
+
+STAGE_MODULE = "pipelines.stages.train"
+
+
+def _model(params: dict[str, Any], profile: str, name: str | None, overrides: dict[str, Any]) -> tuple[str, dict, int]:
+    """(variant, create_model kwargs, pad multiple) from the ``model`` section and the profile's overrides."""
+    from ast_model import model_config
+
+    section = dict(params.get("model") or {})
+    variant = name or section.pop("name", None)
+    section.pop("name", None)
+    if not variant:
+        raise ConfigError("model.name is missing (or set the profile's `model`)")
+    kwargs = {**section, **overrides}
+    try:
+        cfg = model_config(variant, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model / {profile}.model_overrides: {exc}") from exc
+    return variant, kwargs, 16 * cfg.win_size  # AST.pad_multiple, without building the network
+
+
+def _index(split_dir: Path) -> dict[str, Any] | None:
+    from ast_model.data.shards import ShardError, read_index
+
+    try:
+        return read_index(split_dir)
+    except ShardError:
+        return None
+
+
+def plan(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Read, check and resolve everything; no process is started.
+
+    Returns:
+        ``(RunSpec, effective LaunchConfig)``.
+
+    Raises:
+        ConfigError: every problem found, one per line.
+    """
+    import torch
+
+    from ast_model.train.config import TrainConfig, check_config, resolve_stages
+    from ast_model.train.spec import RunSpec
+    from pipelines.launch import resolve_launch, world_size
+    from pipelines.tracking import data_version_tags, git_tags
+
+    params = read_params(args.params)
+    if args.profile not in params:
+        profiles = sorted(k for k in params if k.startswith("train"))
+        raise ConfigError(f"{args.params}: no section {args.profile!r} (training profiles: {profiles})")
+    cfg = load_section(TrainConfig, params, args.profile, source=str(args.params))
+    overrides = {k: getattr(args, k) for k in ("nnodes", "node_rank", "nproc_per_node", "master_addr",
+                                               "master_port", "launcher")}
+    cfg = dataclasses.replace(cfg, launch=resolve_launch(cfg.launch, overrides=overrides))
+    ws = world_size(cfg.launch)
+    variant, model_kwargs, pad = _model(params, args.profile, cfg.model, cfg.model_overrides)
+
+    train_dir = (Path(args.shards) / cfg.dataset / "train").resolve()
+    split = cfg.validation.split
+    val_dir = (Path(args.shards) / cfg.dataset / split).resolve() if split else None
+    index = _index(train_dir)
+    problems = []
+    if index is None:
+        problems.append(f"{train_dir}: no complete shard index (run `dvc repro shard`, or check train.dataset)")
+    if val_dir is not None and _index(val_dir) is None:
+        problems.append(f"{val_dir}: no shard index for train.validation.split={split!r} (null disables validation)")
+    samples = int(index["samples"]) if index else None
+    problems += check_config(cfg, world_size=ws, train_samples=samples, num_shards=len(index["shards"]) if index else None,
+                             has_gpu=torch.cuda.is_available(), shard_dir=str(train_dir), pad_multiple=pad)
+    if index and index.get("min_height"):
+        smallest = min(index["min_height"], index["min_width"])
+        problems += [f"train.stages[{i}].patch_size={s.patch_size} is larger than the smallest training image "
+                     f"({smallest} px)" for i, s in enumerate(cfg.stages) if s.patch_size > smallest]
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))
+    stages = resolve_stages(cfg, world_size=ws, train_samples=samples)
+    tags = {**data_version_tags(train_dir), **git_tags(), "train.profile": args.profile, "train.dataset": cfg.dataset}
+    spec = RunSpec(
+        train=cfg, profile=args.profile, model_name=variant, model_kwargs=model_kwargs, stages=stages,
+        world_size=ws, train_dir=str(train_dir), val_dir=str(val_dir) if val_dir else None,
+        out_dir=str((Path(args.out) / cfg.experiment).resolve()),
+        ckpt_dir=str((Path(args.checkpoints) / cfg.experiment).resolve()), tags=tags,
+    )
+    return spec, cfg.launch
+
+
+def _describe(spec: Any, launcher: str) -> str:
+    cfg = spec.train
+    lines = [f"train: {spec.profile} -> {spec.out_dir}  ({spec.model_name}, {cfg.precision}, ZeRO {cfg.zero_stage}, "
+             f"{spec.world_size} process(es) via {launcher}, {spec.total_steps} steps)"]
+    for s in spec.stages:
+        lines.append(f"  stage {s.index}: {s.steps} steps, patch {s.patch_size}, batch {s.global_batch} "
+                     f"(micro {s.micro_batch} x accum {cfg.grad_accum} x {spec.world_size}), lr {s.lr:g}, "
+                     f"warm-up {s.warmup_steps}")
+    return "\n".join(lines)
+
+
+def _tracker_factory(spec: Any):
+    """Rank 0's MLflow run: params flattened, data version and git commit as tags."""
+    from pipelines.tracking import MlflowTracker
+
+    def make(resume_run_id: str | None, stale_run_id: str | None) -> Any:
+        params = {"train": spec.train.to_dict(), "model": {"name": spec.model_name, **spec.model_kwargs},
+                  "resolved": {"world_size": spec.world_size, "total_steps": spec.total_steps,
+                               "stages": [dataclasses.asdict(s) for s in spec.stages]}}
+        return MlflowTracker.start(experiment=spec.train.experiment, run_name=f"train-{spec.profile}",
+                                   params=params, tags={**spec.tags, "train.fingerprint": spec.fingerprint()},
+                                   resume_run_id=resume_run_id, stale_run_id=stale_run_id)
+
+    return make
+
+
+def run_worker(spec_path: str | Path, resume: str = "auto") -> int:
+    """One training process (under a launcher, or alone). Returns the exit status."""
+    from ast_model.train.loop import NonFiniteLossError
+    from ast_model.train.run import train
+    from ast_model.train.spec import RunSpec
+
+    spec = RunSpec.load(spec_path)
+    try:
+        train(spec, tracker_factory=_tracker_factory(spec), resume=resume)
+    except NonFiniteLossError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m pipelines.stages.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--profile", default="train", help="params section to train (train, train_spad, ...)")
+    p.add_argument("--shards", default="data/shards", help="shard root: reads <shards>/<dataset>/<split>")
+    p.add_argument("--out", default="models", help="output root: writes <out>/<experiment>/")
+    p.add_argument("--checkpoints", default="checkpoints", help="DeepSpeed checkpoint root (resume)")
+    p.add_argument("--nproc-per-node", type=int, help="processes on this node (env NPROC_PER_NODE)")
+    p.add_argument("--nnodes", type=int, help="number of nodes (env NNODES)")
+    p.add_argument("--node-rank", type=int, help="this node's rank (env NODE_RANK)")
+    p.add_argument("--master-addr", help="rendezvous host, node 0 (env MASTER_ADDR)")
+    p.add_argument("--master-port", type=int, help="rendezvous port (env MASTER_PORT)")
+    p.add_argument("--launcher", choices=["auto", "torchrun", "deepspeed", "none"])
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--fresh", action="store_true", help="ignore and delete existing checkpoints")
+    group.add_argument("--resume-only", action="store_true", help="fail unless a checkpoint can be resumed")
+    p.add_argument("--check", action="store_true", help="validate and print the plan, start nothing")
+    p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)  # set by the launcher
+    p.add_argument("--resume", default="auto", choices=["auto", "never", "must"], help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2: configuration error, 3: non-finite loss)."""
+    args = parse_args(argv)
+    if args.worker:
+        return run_worker(args.worker, args.resume)
+    from pipelines.launch import build_command, launcher_of, run, worker_env
+
+    try:
+        spec, launch = plan(args)
+    except ConfigError as exc:
+        problems = str(exc).splitlines()
+        print(f"train: {len(problems)} configuration problem(s), nothing started:", file=sys.stderr)
+        for line in problems:
+            print(f"  - {line}", file=sys.stderr)
+        return 2
+    launcher = launcher_of(launch)
+    print(_describe(spec, launcher), flush=True)
+    if args.check:
+        return 0
+    resume = "never" if args.fresh else "must" if args.resume_only else "auto"
+    spec_path = Path(spec.ckpt_dir) / "launch" / f"spec-node{launch.node_rank}.json"
+    spec.save(spec_path)
+    if launcher == "none":
+        return run_worker(spec_path, resume)
+    cmd = build_command(launch, [STAGE_MODULE, "--worker", str(spec_path), "--resume", resume])
+    status = run(cmd, worker_env(launch))
+    if status != 0:
+        print(f"train: workers failed (exit status {status}); see the rank logs above", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

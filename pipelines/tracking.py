@@ -1,0 +1,283 @@
+"""MLflow for the pipeline: where the store is, run tags (data version, git), and the training tracker.
+
+Store: ``MLFLOW_TRACKING_URI`` when set (a server on a cluster), else the embedded store of DESIGN.md:
+SQLite ``mlflow.db`` and artifacts in ``mlartifacts/`` at the repository root, as absolute paths, so a
+``dvc exp run --temp`` copy (under ``<repo>/.dvc/tmp/exps/``) and Prefect workers log to the same store.
+
+Only rank 0 talks to MLflow; the other ranks receive the run id from it (:mod:`ast_model.train.run`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+log = logging.getLogger(__name__)
+
+MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The repository root: the original repo for DVC's temporary experiment copies.
+
+    Args:
+        start: where to start looking (default: the working directory, where DVC runs stages).
+
+    Returns:
+        ``<repo>`` for a path under ``<repo>/.dvc/tmp/exps/...``; else the nearest folder holding
+        ``.git`` or ``dvc.yaml``; else ``start``.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    for folder in (here, *here.parents):
+        if (folder / ".git").exists() or (folder / "dvc.yaml").exists():
+            return folder
+    return here
+
+
+def tracking_uri(root: str | Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo>/mlflow.db`` (absolute)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root(root) / 'mlflow.db'}"
+
+
+def client(root: str | Path | None = None) -> Any:
+    """An ``MlflowClient`` on :func:`tracking_uri`."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(root))
+
+
+def experiment_id(mlflow_client: Any, name: str, root: str | Path | None = None) -> str:
+    """Id of experiment ``name``, created if absent.
+
+    With a SQLite store the artifacts go to ``mlartifacts/<name>`` beside the database (for the embedded
+    store: ``<repo>/mlartifacts``), never to MLflow's default ``./mlruns`` under whatever the working
+    directory is. A server decides for itself.
+    """
+    exp = mlflow_client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = tracking_uri(root)
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / name).as_uri()
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it meanwhile
+        exp = mlflow_client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts / lists -> ``{"a.b.0.c": "value"}`` strings (MLflow params)."""
+    out: dict[str, str] = {}
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(value, (list, tuple)) and value and any(isinstance(v, (Mapping, list, tuple)) for v in value):
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = str(value)
+    return out
+
+
+def git_tags(root: str | Path | None = None) -> dict[str, str]:
+    """``git.commit`` (and MLflow's own source tag) and ``git.dirty``; empty outside a git repo."""
+    cwd = str(repo_root(root))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if commit.returncode != 0:
+        return {}
+    sha = commit.stdout.strip()
+    return {"git.commit": sha, "mlflow.source.git.commit": sha, "git.dirty": str(bool(status.stdout.strip())).lower()}
+
+
+def data_version_tags(shard_dir: str | Path, root: str | Path | None = None) -> dict[str, str]:
+    """The data version: the shard outputs' hashes recorded in ``dvc.lock``, and the index's own hash.
+
+    Args:
+        shard_dir: the training split folder (``data/shards/<dataset>/train``).
+        root: the repository (default: :func:`repo_root`).
+
+    Returns:
+        ``data.train_index_sha256`` (always, when the index exists) and ``data.dvc.<out path>`` = md5 of
+        every ``dvc.lock`` output that contains or lies inside ``shard_dir``.
+    """
+    root = repo_root(root)
+    shard_dir = Path(shard_dir).resolve()
+    tags: dict[str, str] = {}
+    index = shard_dir / "index.json"
+    if index.is_file():
+        tags["data.train_index_sha256"] = hashlib.sha256(index.read_bytes()).hexdigest()
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return tags
+    try:
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    except yaml.YAMLError as exc:
+        log.warning("dvc.lock unreadable (%s): no DVC data version tag", exc)
+        return tags
+    for stage in stages.values():
+        for out in stage.get("outs", []) if isinstance(stage, dict) else []:
+            path = (root / out.get("path", "")).resolve()
+            if path == shard_dir or path in shard_dir.parents or shard_dir in path.parents:
+                digest = out.get("md5") or out.get("hash") or ""
+                tags[f"data.dvc.{out['path']}"] = str(digest)
+    return tags
+
+
+class MlflowTracker:
+    """The training run in MLflow (:class:`ast_model.train.tracker.Tracker`), used on rank 0 only.
+
+    Metrics and images are logged asynchronously (MLflow's queue), so a slow store never stalls a step;
+    :meth:`finish` flushes the queue.
+    """
+
+    def __init__(self, mlflow_client: Any, run_id: str) -> None:
+        self.client, self.run_id = mlflow_client, run_id
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        experiment: str,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        resume_run_id: str | None = None,
+        stale_run_id: str | None = None,
+    ) -> "MlflowTracker":
+        """Continue ``resume_run_id`` if the store has it, else create a run.
+
+        Args:
+            experiment: MLflow experiment name.
+            run_name: the run's display name.
+            params: nested params, logged flattened (keys already logged on a resumed run are kept).
+            tags: data version, git commit, profile, ...
+            resume_run_id: the run of the checkpoints being resumed.
+            stale_run_id: a run abandoned for a fresh start; marked KILLED if still RUNNING.
+        """
+        c = client()
+        if stale_run_id:
+            _terminate_if_running(c, stale_run_id)
+        run = _existing_run(c, resume_run_id)
+        if run is None:
+            exp_id = experiment_id(c, experiment)
+            run = c.create_run(exp_id, run_name=run_name, tags=dict(tags))
+            logged: dict[str, str] = {}
+        else:
+            c.update_run(run.info.run_id, status="RUNNING")
+            logged = dict(run.data.params)
+            resumes = int(run.data.tags.get("train.resumes", "0")) + 1
+            c.set_tag(run.info.run_id, "train.resumes", str(resumes))
+        tracker = cls(c, run.info.run_id)
+        tracker._log_params(flatten(params), logged)
+        log.info("MLflow run %s (%s)", tracker.run_id, tracking_uri())
+        return tracker
+
+    def _log_params(self, flat: dict[str, str], logged: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        changed = sorted(k for k, v in flat.items() if k in logged and logged[k] != v)
+        if changed:  # only launch / logging keys can differ on a resume (the fingerprint covers the rest)
+            log.warning("MLflow params keep their first values for: %s", ", ".join(changed))
+        new = [Param(k, v[:6000]) for k, v in sorted(flat.items()) if k not in logged]
+        for i in range(0, len(new), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=new[i : i + MAX_PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log finite scalars at ``step`` (asynchronously)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+
+    def log_image(self, key: str, image: np.ndarray, step: int) -> None:
+        """Log a uint8 HxWx3 image under ``key`` at ``step`` (shown in the run's image grid)."""
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
+        self.client.log_image(self.run_id, image, key=safe, step=step, synchronous=False)
+
+    def log_artifact(self, path: str | Path) -> None:
+        """Attach a file."""
+        self.client.log_artifact(self.run_id, str(path))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set run tags."""
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def finish(self, status: str, message: str | None = None) -> None:
+        """Flush queued logs and end the run with ``status`` (FINISHED / FAILED / KILLED)."""
+        import mlflow
+
+        try:
+            mlflow.flush_async_logging()
+            if message:
+                self.client.set_tag(self.run_id, "train.error", message[:5000])
+            self.client.set_terminated(self.run_id, status)
+        except Exception as exc:  # never mask the training error with a tracking error
+            log.warning("could not finish MLflow run %s: %s", self.run_id, exc)
+
+
+def run_for_stage(
+    mlflow_client: Any, run_id: str | None, *, experiment: str, run_name: str, tags: Mapping[str, str] | None = None
+) -> tuple[str, bool]:
+    """The run a later stage (evaluate, register) logs into: the training's run when the store has it.
+
+    Args:
+        mlflow_client: an ``MlflowClient`` on :func:`tracking_uri`.
+        run_id: the training's run id (``models/<experiment>/summary.json``), or None.
+        experiment: MLflow experiment of a run created as a fallback.
+        run_name: its name.
+        tags: its tags.
+
+    Returns:
+        ``(run id, created)``: ``created`` is True when the training run was unknown (no id, or not in this
+        store, e.g. ``MLFLOW_TRACKING_URI`` changed since training) and a new, finished run was made instead.
+    """
+    if _existing_run(mlflow_client, run_id) is not None:
+        return str(run_id), False
+    run = mlflow_client.create_run(experiment_id(mlflow_client, experiment), run_name=run_name, tags=dict(tags or {}))
+    mlflow_client.set_terminated(run.info.run_id, "FINISHED")
+    log.warning("no training run %s in %s: logging into a new run %s", run_id, tracking_uri(), run.info.run_id)
+    return run.info.run_id, True
+
+
+def _existing_run(mlflow_client: Any, run_id: str | None) -> Any:
+    if not run_id:
+        return None
+    try:
+        return mlflow_client.get_run(run_id)
+    except Exception:  # not in this store (e.g. MLFLOW_TRACKING_URI changed): start a new run
+        log.warning("MLflow run %s not found in %s: starting a new run", run_id, tracking_uri())
+        return None
+
+
+def _terminate_if_running(mlflow_client: Any, run_id: str) -> None:
+    try:
+        if mlflow_client.get_run(run_id).info.status == "RUNNING":
+            mlflow_client.set_terminated(run_id, "KILLED")
+            mlflow_client.set_tag(run_id, "train.error", "abandoned: a fresh run replaced it")
+    except Exception:
+        pass
