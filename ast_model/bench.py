@@ -69,8 +69,8 @@ def _run_case(case: str, impl: str, repeats: int, malloc_tuning: bool) -> dict:
 
 def _spawn(case: str, impl: str, repeats: int, malloc_tuning: bool) -> dict:
     cmd = [sys.executable, "-m", "ast_model.bench", "--worker", case, impl, "--repeats", str(repeats)]
-    if not malloc_tuning:
-        cmd.append("--no-malloc-tuning")
+    if malloc_tuning:
+        cmd.append("--malloc-tuning")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -82,21 +82,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--impls", nargs="+", default=["fast", "reference"], choices=["fast", "reference"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=1, help="alternate the impls this many times per case")
-    ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's dynamic mmap threshold")
+    ap.add_argument("--malloc-tuning", action="store_true",
+                    help="fixed 1 MiB glibc mmap threshold: lower peak RSS, but slower (page faults)")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(_run_case(*args.worker, args.repeats, not args.no_malloc_tuning)))
+        print(json.dumps(_run_case(*args.worker, args.repeats, args.malloc_tuning)))
         return 0
 
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
-          f"malloc tuning {'off' if args.no_malloc_tuning else 'on'}")
+          f"malloc tuning {'on' if args.malloc_tuning else 'off'}")
     print(f"{'case':8} {'impl':10} {'median s':>9} {'min s':>7} {'cpu s':>7} {'peak MiB':>9}  ratio(ref/fast, median)")
     for case in args.cases:
         runs: dict[str, list[dict]] = {impl: [] for impl in args.impls}
         for _ in range(args.rounds):
             for impl in args.impls:
-                runs[impl].append(_spawn(case, impl, args.repeats, not args.no_malloc_tuning))
+                runs[impl].append(_spawn(case, impl, args.repeats, args.malloc_tuning))
         med = {}
         for impl, rs in runs.items():
             times = [t for r in rs for t in r["times"]]

@@ -44,16 +44,23 @@ class _WindowASSA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, bias, w = ctx.saved_tensors
-        a, p, r = _mixed_attention(q, k, bias, w, keep_parts=True)
+        s = q @ k.transpose(-2, -1)  # (B, nW, h, N, N), recomputed
+        s += bias
+        p = torch.softmax(s, dim=-1)
+        r = torch.relu_(s)
+        w0, w1 = w.tolist()
+        a = (p * w0).addcmul_(r, r, value=w1)
         grad_v = a.transpose(-2, -1) @ grad_out
         del a
         grad_a = grad_out @ v.transpose(-2, -1)  # (B, nW, h, N, N)
         gp = grad_a * p
-        grad_w = torch.stack((gp.sum(), (grad_a * r * r).sum())) if ctx.needs_input_grad[4] else None
+        gr = grad_a.mul_(r)  # grad_a * relu(S), in place: grad_a is not needed any more
+        grad_w = None
+        if ctx.needs_input_grad[4]:
+            grad_w = torch.stack((gp.sum(), torch.vdot(gr.reshape(-1), r.reshape(-1))))
         # softmax backward: p * (g - sum(g * p)); relu(S)^2 backward: 2 relu(S) g.
-        w0, w1 = w.tolist()
-        grad_s = (gp - p * gp.sum(-1, keepdim=True)).mul_(w0).addcmul_(r, grad_a, value=2 * w1)
-        del gp, p, r, grad_a
+        grad_s = gp.sub_(p * gp.sum(-1, keepdim=True)).mul_(w0).add_(gr, alpha=2 * w1)
+        del gp, gr, p, r
         grad_q = grad_s @ k
         grad_k = grad_s.transpose(-2, -1) @ q
         grad_bias = None
