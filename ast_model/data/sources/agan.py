@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ast_model.data.sources.base import PairRef, find_subdir, list_images
+from ast_model.data.sources.base import PairRef, find_pair_dirs, list_images
 
 DEFAULT_SPLITS = {"train": "train", "val": "test_a", "test": "test_a"}
 INPUT_DIRS = ("data", "input", "rain")
@@ -45,14 +45,11 @@ def scan(root: Path, subset: str) -> tuple[list[PairRef], list[str]]:
         ``(pairs, problems)`` with pairs ordered by index.
     """
     base = root / subset
-    in_dir, tg_dir = find_subdir(base, INPUT_DIRS), find_subdir(base, TARGET_DIRS)
+    dirs = find_pair_dirs(base, INPUT_DIRS, TARGET_DIRS)
+    if isinstance(dirs, list):
+        return [], dirs
+    in_dir, tg_dir = dirs
     problems: list[str] = []
-    if in_dir is None:
-        problems.append(f"{base}: no input folder (one of {', '.join(INPUT_DIRS)})")
-    if tg_dir is None:
-        problems.append(f"{base}: no target folder (one of {', '.join(TARGET_DIRS)})")
-    if problems:
-        return [], problems
     inputs, targets = _by_index(in_dir, problems), _by_index(tg_dir, problems)
     for index in sorted(set(inputs) - set(targets)):
         problems.append(f"{inputs[index]}: missing partner (no target with index {index} in {tg_dir})")

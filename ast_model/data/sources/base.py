@@ -111,6 +111,27 @@ def find_subdir(parent: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
+def find_pair_dirs(
+    base: Path, input_names: Sequence[str], target_names: Sequence[str]
+) -> tuple[Path, Path] | list[str]:
+    """The input and target folders of a paired layout, or the problems that prevent finding them.
+
+    Args:
+        base: the folder holding both.
+        input_names, target_names: accepted spellings of each (see :func:`find_subdir`).
+
+    Returns:
+        ``(input_dir, target_dir)``, or a non-empty list of problems naming ``base``.
+    """
+    in_dir, tg_dir = find_subdir(base, input_names), find_subdir(base, target_names)
+    problems = []
+    if in_dir is None:
+        problems.append(f"{base}: no input folder (one of {', '.join(input_names)})")
+    if tg_dir is None:
+        problems.append(f"{base}: no target folder (one of {', '.join(target_names)})")
+    return problems or (in_dir, tg_dir)
+
+
 def _inspect(path: Path, mode: Literal["full", "header"]) -> tuple[tuple[int, int] | None, str | None]:
     """Size of an RGB image, or the problem with it."""
     try:

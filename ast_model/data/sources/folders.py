@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ast_model.data.sources.base import PairRef, find_subdir, list_images, sanitize_key
+from ast_model.data.sources.base import PairRef, find_pair_dirs, list_images, sanitize_key
 
 DEFAULT_SPLITS = {"train": "train", "val": "val", "test": "test"}
 INPUT_DIRS = ("input", "inputs", "degraded", "lq")
@@ -37,14 +37,11 @@ def scan(root: Path, subset: str) -> tuple[list[PairRef], list[str]]:
         ``(pairs, problems)`` with pairs ordered by name.
     """
     base = root / subset
-    in_dir, tg_dir = find_subdir(base, INPUT_DIRS), find_subdir(base, TARGET_DIRS)
+    dirs = find_pair_dirs(base, INPUT_DIRS, TARGET_DIRS)
+    if isinstance(dirs, list):
+        return [], dirs
+    in_dir, tg_dir = dirs
     problems: list[str] = []
-    if in_dir is None:
-        problems.append(f"{base}: no input folder (one of {', '.join(INPUT_DIRS)})")
-    if tg_dir is None:
-        problems.append(f"{base}: no target folder (one of {', '.join(TARGET_DIRS)})")
-    if problems:
-        return [], problems
     inputs, targets = _by_stem(in_dir, problems), _by_stem(tg_dir, problems)
     for stem in sorted(set(inputs) - set(targets)):
         problems.append(f"{inputs[stem]}: missing partner (no {stem}.* in {tg_dir})")
