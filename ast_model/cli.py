@@ -8,7 +8,9 @@ Examples::
 
 Inputs are files, folders (their image files, not recursive) or glob patterns; every result is written
 as ``<output>/<input stem>.png``. A file that cannot be read is named on stderr and skipped; the rest are
-restored and the exit status is 1 at the end. Exit status 2: bad arguments or a model that cannot load.
+restored and the exit status is 1 at the end. Exit status 2: bad arguments, an output folder that cannot
+be written (checked before any image is read) or a model that cannot load; one line each (``--debug``:
+the traceback). Tiled images show a per-tile progress bar with an ETA.
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from ast_model.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_official, read_checkpoint
 from ast_model.eval.images import IMAGE_SUFFIXES, ImageReadError, read_image, save_png
-from ast_model.eval.restore import RestoreOptions, restore_image
+from ast_model.eval.restore import CPU_AUTO_TILE, RestoreOptions, restore_image
 from ast_model.nn.registry import list_models
+from ast_model.preflight import output_dir_problem
+from ast_model.runtime import tune_allocator
 
 __all__ = ["collect_inputs", "load_model", "main"]
 
@@ -207,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile",
         type=_tile_arg,
         default="auto",
-        help="tile side in pixels; 'auto' (default): whole image if it fits in memory, else tiles; 0: never tile",
+        help="tile side in pixels; 'auto' (default): whole image if it fits in memory, else tiles (on the CPU: "
+        f"tiles of at most {CPU_AUTO_TILE} px for any larger image, so memory stays bounded); 0: never tile",
     )
     parser.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring tiles (default 64)")
     parser.add_argument(
@@ -222,18 +228,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="bf16/fp16 autocast (CUDA only)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
+
+
+def _tile_bar(name: str, disable: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A per-tile progress bar (count, rate, ETA) for one image: ``(progress callback, close)``.
+
+    The bar appears on the first tile; an image restored in one pass shows none.
+    """
+    state: dict[str, tqdm] = {}
+
+    def progress(done: int, total: int) -> None:
+        if disable or total <= 1:
+            return
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, unit="tile", desc=name, leave=False, file=sys.stderr, position=1,
+                                dynamic_ncols=True)
+        state["bar"].update(done - state["bar"].n)
+
+    def close() -> None:
+        if "bar" in state:
+            state["bar"].close()
+
+    return progress, close
+
+
+def _restore_one(model: nn.Module, src: Path, dest: Path, options: RestoreOptions, device: torch.device,
+                 quiet: bool) -> None:
+    """Read, restore and write one image; uint8 end to end for 8-bit files (no float copy of a huge photo)."""
+    image = read_image(src, keep_uint8=True)
+    progress, close = _tile_bar(src.name, quiet)
+    try:
+        restored = restore_image(model, image, options, device, out_dtype=np.uint8, progress=progress)
+    finally:
+        close()
+    del image  # the input is not needed while the PNG is encoded
+    try:
+        save_png(dest, restored)
+    except OSError as exc:  # name the result, not save_png's hidden temporary file
+        raise OSError(exc.errno, f"cannot write {dest}: {exc.strerror or exc}") from exc
+
+
+def _user_error(message: str) -> int:
+    print(f"ast-restore: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ast-restore``.
 
+    Everything a user can fix is checked before the first image is read: the output folder (created, and
+    probed with a real write), the device and the model. Each is reported in one line, exit status 2;
+    ``--debug`` shows the traceback instead.
+
     Args:
         argv: arguments without the program name; ``None``: ``sys.argv[1:]``.
 
     Returns:
-        0 when every input was restored, 1 when some could not be, 2 for bad arguments or model.
+        0 when every input was restored, 1 when some could not be, 2 for bad arguments, an unusable
+        output folder or a model that cannot load.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -246,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             blend=args.blend,
             ensemble=args.ensemble,
             precision=args.precision,
+            # On the CPU `auto` tiles anything above CPU_AUTO_TILE px: memory bounded for any image size.
+            max_tile=CPU_AUTO_TILE if device.type == "cpu" and args.overlap < CPU_AUTO_TILE else None,
         )
     except (RuntimeError, ValueError) as exc:
         parser.error(str(exc))
@@ -254,17 +311,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.precision != "fp32" and device.type != "cuda":
         parser.error(f"--precision {args.precision} needs a CUDA device (got {device})")
 
+    # The output first: a folder that cannot be written must not cost a model load or a restoration.
+    # (Probed, not created: a run that stops at the model leaves no empty folder behind.)
+    out_dir = Path(args.output)
+    problem = output_dir_problem(out_dir, "output folder")
+    if problem is not None:
+        return _user_error(problem)
+
+    tuned = tune_allocator()
     try:
         model = load_model(args.model, args.weights).to(device)
     except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
-        print(f"ast-restore: cannot load the model: {exc}", file=sys.stderr)
-        return 2
+        if args.debug:
+            raise
+        return _user_error(f"cannot load the model: {exc}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. the folder was removed or made read-only meanwhile
+        return _user_error(f"output folder {out_dir} cannot be created: {exc.strerror or exc}")
+    if args.debug:
+        print(f"ast-restore: allocator tuning {'on' if tuned else 'off'}, {torch.get_num_threads()} threads",
+              file=sys.stderr)
 
     files, missing = collect_inputs(args.inputs)
     failed = list(missing)
     for spec in missing:
         print(f"ast-restore: {spec}: no such file, folder or matching image", file=sys.stderr)
-    out_dir = Path(args.output)
     restored = 0
     bar = tqdm(list(zip(files, _output_names(files, out_dir))), unit="img", disable=args.quiet, file=sys.stderr)
     for src, dest in bar:
@@ -273,12 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = f"{src}: refusing to overwrite the input with its result (choose another output folder)"
         else:
             try:
-                save_png(dest, restore_image(model, read_image(src), options, device))
+                _restore_one(model, src, dest, options, device, args.quiet)
                 restored += 1
                 continue
             except ImageReadError as exc:
                 message = str(exc)
             except (RuntimeError, ValueError, OSError) as exc:  # e.g. out of memory, disk full
+                if args.debug:
+                    raise
                 message = f"cannot restore {str(src)!r}: {exc}"
         failed.append(str(src))
         tqdm.write(f"ast-restore: {message}", file=sys.stderr)

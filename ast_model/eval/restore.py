@@ -11,6 +11,19 @@ multiple and crops back, so callers never pad). Three building blocks, composabl
 
 The image stays on the CPU; each forward pass moves only its input (a tile or the whole image) to the
 model's device. fp32 everywhere; bf16/fp16 autocast on CUDA on request.
+
+Memory of a tiled :func:`restore_image` (one ``H x W`` image, tile side ``T``): every buffer is allocated
+once per image, not per tile. The blending weight is separable (a product of two 1-D sums, ``H + W``
+floats, never an ``H x W`` map), one ``T x T`` input buffer is refilled for every tile, and the output is
+accumulated in a band of ``T`` rows (two ``3 x T x W`` float32 buffers) that is normalised and written
+into the preallocated result as soon as no later tile touches its rows. The peak is therefore
+
+    input image + result (``3 H W`` bytes each for uint8, ``12 H W`` for float32)
+    + ``24 T W`` (the two bands) + one forward pass at ``T x T`` (``bytes_per_pixel x T^2``)
+    + the model and the runtime,
+
+independent of ``H`` beyond the images themselves: an 8000 x 6000 uint8 photo with AST-T at ``T = 512`` needs
+144 + 144 + 98 MB plus one 512 x 512 forward pass.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -27,6 +41,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "CPU_AUTO_TILE",
     "DEFAULT_BYTES_PER_PIXEL",
     "RestoreOptions",
     "available_memory",
@@ -35,12 +50,17 @@ __all__ = [
     "restore_image",
     "restore_tensor",
     "self_ensemble",
+    "TileProgress",
+    "count_tiles",
+    "plan_tiles",
     "tile_forward",
     "tile_size_for_budget",
     "tile_starts",
 ]
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+# Called after every forward pass of a tiled run with (tiles done, tiles in total): progress bars, ETAs.
+TileProgress = Callable[[int, int], None]
 Precision = Literal["fp32", "bf16", "fp16"]
 Blend = Literal["cosine", "mean"]
 
@@ -49,6 +69,11 @@ Blend = Literal["cosine", "mean"]
 # at 128-512 px, rounded up. It decides when to tile and how large tiles may be; smaller models
 # (AST-T) need less, so it errs towards tiling.
 DEFAULT_BYTES_PER_PIXEL = 12_000
+# The largest tile ``ast-restore --tile auto`` uses on the CPU. Measured for AST-T on 2 cores (fp32, 64 px
+# overlap): 384 px costs about the same CPU time per output pixel as 512 px (the overlap share falls from
+# 1.44x to 1.31x, but each pass gets slower per pixel) at ~60% of the forward pass's peak memory (~1.0 vs
+# ~1.3 GiB peak RSS of the process).
+CPU_AUTO_TILE = 384
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MIN_TILE = 32
 
@@ -69,6 +94,9 @@ class RestoreOptions:
         memory_budget: bytes a forward pass may use; ``None``: derived from the device's free memory.
         bytes_per_pixel: the model's peak inference memory per input pixel (see
             :data:`DEFAULT_BYTES_PER_PIXEL`).
+        max_tile: with ``tile="auto"``: never a larger tile than this, and an image with a side above it
+            is tiled even if it would fit the budget whole (a bound on the forward pass's memory that does
+            not depend on the image; ``ast-restore`` uses :data:`CPU_AUTO_TILE` on the CPU). None: no cap.
     """
 
     tile: int | Literal["auto"] | None = "auto"
@@ -78,12 +106,15 @@ class RestoreOptions:
     precision: Precision = "fp32"
     memory_budget: int | None = None
     bytes_per_pixel: float = DEFAULT_BYTES_PER_PIXEL
+    max_tile: int | None = None
 
     def __post_init__(self) -> None:
         if self.tile != "auto" and self.tile is not None and (not isinstance(self.tile, int) or self.tile < 0):
             raise ValueError(f"tile must be 'auto', None or a non-negative int, got {self.tile!r}")
         if self.overlap < 0:
             raise ValueError(f"overlap must be >= 0, got {self.overlap}")
+        if self.max_tile is not None and self.max_tile <= self.overlap:
+            raise ValueError(f"max_tile ({self.max_tile}) must be larger than the overlap ({self.overlap})")
         if self.blend not in ("cosine", "mean"):
             raise ValueError(f"blend must be 'cosine' or 'mean', got {self.blend!r}")
         if self.precision not in _DTYPES:
@@ -151,10 +182,50 @@ def _ramp(n: int, overlap: int) -> torch.Tensor:
     return torch.sin(t * math.pi / 2).pow(2).float()
 
 
+def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:
+    """How many forward passes :func:`tile_forward` makes on an ``h x w`` image (for progress bars)."""
+    th, tw = min(tile, h), min(tile, w)
+    return len(tile_starts(h, th, min(overlap, th - 1))) * len(tile_starts(w, tw, min(overlap, tw - 1)))
+
+
+def _tile_grid(h: int, w: int, tile: int, overlap: int, blend: Blend) -> tuple[
+    int, int, list[int], list[int], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    """``(th, tw, tops, lefts, ramp_y, ramp_x, weight_y, weight_x)`` of a tiling.
+
+    The tiles form a full grid (every top with every left) and each tile's weight is the outer product
+    ``ramp_y x ramp_x``, so the summed weight at ``(y, x)`` factorises into ``weight_y[y] * weight_x[x]``:
+    two 1-D sums instead of an ``H x W`` weight map.
+    """
+    th, tw = min(tile, h), min(tile, w)
+    tops = tile_starts(h, th, min(overlap, th - 1))
+    lefts = tile_starts(w, tw, min(overlap, tw - 1))
+    if blend == "mean":
+        ry, rx = torch.ones(th), torch.ones(tw)
+    else:
+        ry, rx = _ramp(th, overlap), _ramp(tw, overlap)
+    wy, wx = torch.zeros(h), torch.zeros(w)
+    for top in tops:
+        wy[top : top + th] += ry
+    for left in lefts:
+        wx[left : left + tw] += rx
+    return th, tw, tops, lefts, ry, rx, wy, wx
+
+
 def tile_forward(
-    fn: Forward, x: torch.Tensor, tile: int, overlap: int, device: torch.device, blend: Blend = "cosine"
+    fn: Forward,
+    x: torch.Tensor,
+    tile: int,
+    overlap: int,
+    device: torch.device,
+    blend: Blend = "cosine",
+    *,
+    progress: TileProgress | None = None,
 ) -> torch.Tensor:
     """Run ``fn`` tile by tile and blend the tiles.
+
+    The output accumulator is allocated once, one input tile buffer on ``device`` is reused for every
+    tile, and the blending weight is kept as two 1-D vectors (see :func:`_tile_grid`).
 
     Args:
         fn: maps a ``(B, C, h, w)`` tensor on ``device`` to ``(B, C', h, w)``.
@@ -163,27 +234,107 @@ def tile_forward(
         overlap: pixels shared by neighbouring tiles.
         device: where ``fn`` runs.
         blend: ``"cosine"`` (see :func:`_ramp`) or ``"mean"`` (equal weights, the official scripts).
+        progress: called after every tile with ``(tiles done, tiles in total)``.
 
     Returns:
         ``(B, C', H, W)`` float32 on ``x``'s device.
     """
-    _, _, h, w = x.shape
-    th, tw = min(tile, h), min(tile, w)
-    if blend == "mean":
-        win = torch.ones((th, tw), device=x.device)
-    else:
-        win = (_ramp(th, overlap)[:, None] * _ramp(tw, overlap)[None, :]).to(x.device)  # (th, tw)
+    b, c, h, w = x.shape
+    th, tw, tops, lefts, ry, rx, wy, wx = _tile_grid(h, w, tile, overlap, blend)
+    win = (ry[:, None] * rx[None, :]).to(x.device)  # (th, tw)
+    total = len(tops) * len(lefts)
+    buf = torch.empty((b, c, th, tw), dtype=torch.float32, device=device)
     out = None
-    weight = torch.zeros((1, 1, h, w), dtype=torch.float32, device=x.device)
-    for top in tile_starts(h, th, min(overlap, th - 1)):
-        for left in tile_starts(w, tw, min(overlap, tw - 1)):
-            piece = x[..., top : top + th, left : left + tw].to(device)  # (B, C, th, tw)
-            y = fn(piece).float().to(x.device)  # (B, C', th, tw)
+    done = 0
+    for top in tops:
+        for left in lefts:
+            buf.copy_(x[..., top : top + th, left : left + tw])  # (B, C, th, tw), no new allocation
+            y = fn(buf).float()  # (B, C', th, tw)
             if out is None:  # the output channel count is known after the first tile
-                out = torch.zeros((*y.shape[:2], h, w), dtype=torch.float32, device=x.device)
-            out[..., top : top + th, left : left + tw] += y * win
-            weight[..., top : top + th, left : left + tw] += win
-    return out / weight
+                out = torch.zeros((b, y.shape[1], h, w), dtype=torch.float32, device=x.device)
+            out[..., top : top + th, left : left + tw].addcmul_(y.to(x.device), win)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    weight = (wy[:, None] * wx[None, :]).to(x.device)  # (H, W): the sum of every tile's window
+    return out.div_(weight)
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor view of ``array`` without a copy, also for read-only arrays (images decoded by Pillow):
+    the view is only ever read, so torch's warning about non-writable memory does not apply."""
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _tiled_hwc(
+    fn: Forward,
+    image: np.ndarray,
+    tile: int,
+    overlap: int,
+    device: torch.device,
+    blend: Blend,
+    *,
+    out_dtype: type[np.generic],
+    progress: TileProgress | None = None,
+) -> np.ndarray:
+    """Tiled restoration of one ``(H, W, 3)`` image into a preallocated ``(H, W, 3)`` result, band by band.
+
+    Tiles are visited row by row. The running sum lives in a band of ``th`` rows starting at the current
+    tile row; when the next tile row starts at ``top'``, rows ``[top, top')`` can receive nothing more:
+    they are normalised, clamped to [0, 1], converted to ``out_dtype`` and written to the result, and the
+    rest of the band moves up (into the second band buffer; a copy onto itself would overlap). Memory is
+    therefore bounded by the two images, ``2 x 3 x th x W`` floats and one forward pass (module docstring).
+
+    Args:
+        fn: maps ``(1, 3, th, tw)`` on ``device`` to the same shape.
+        image: ``(H, W, 3)`` uint8 (0-255) or float (0-1).
+        tile: tile side.
+        overlap: pixels shared by neighbouring tiles.
+        device: where ``fn`` runs.
+        blend: ``"cosine"`` or ``"mean"``.
+        out_dtype: ``np.float32`` (values in [0, 1]) or ``np.uint8`` (rounded half to even, as
+            :func:`ast_model.eval.images.to_uint8`).
+        progress: called after every tile with ``(tiles done, tiles in total)``.
+
+    Returns:
+        The restored ``(H, W, 3)`` image.
+    """
+    h, w, _ = image.shape
+    th, tw, tops, lefts, ry, rx, wy, wx = _tile_grid(h, w, tile, overlap, blend)
+    win = ry[:, None] * rx[None, :]  # (th, tw)
+    src = _as_tensor(image).permute(2, 0, 1)  # (3, H, W) view: no copy of the image
+    scale = 255.0 if image.dtype == np.uint8 else None
+    result = np.empty((h, w, 3), dtype=out_dtype)
+    dst = torch.from_numpy(result).permute(2, 0, 1)  # (3, H, W) view of the result
+    band, spare = torch.zeros((3, th, w)), torch.zeros((3, th, w))
+    buf = torch.empty((1, 3, th, tw), dtype=torch.float32, device=device)
+    total, done = len(tops) * len(lefts), 0
+    for i, top in enumerate(tops):
+        for left in lefts:
+            buf[0].copy_(src[:, top : top + th, left : left + tw])  # uint8 -> float32 in the copy
+            if scale is not None:
+                buf.div_(scale)  # the same float32 values as read_image's `/ 255.0`
+            y = fn(buf)[0].float().to("cpu")  # (3, th, tw)
+            band[:, :, left : left + tw].addcmul_(y, win)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        final = (tops[i + 1] if i + 1 < len(tops) else top + th) - top  # rows no later tile touches
+        rows = band[:, :final]
+        rows.div_(wy[top : top + final, None] * wx[None, :]).clamp_(0.0, 1.0)
+        if out_dtype == np.uint8:
+            rows.mul_(255.0).round_()  # round half to even: to_uint8's rounding
+        dst[:, top : top + final].copy_(rows)
+        keep = th - final  # rows shared with the next tile row: they move to the top of the band
+        spare.zero_()
+        if keep:
+            spare[:, :keep].copy_(band[:, final:])
+        band, spare = spare, band
+    return result
 
 
 def available_memory(device: torch.device) -> int:
@@ -219,11 +370,12 @@ def tile_size_for_budget(budget: int, bytes_per_pixel: float, multiple: int = 1)
 # --------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """No autograd, the model in eval(); the caller's train/eval flag is restored afterwards."""
+    """No autograd (inference mode: no version counters, no saved tensors), the model in eval(); the
+    caller's train/eval flag is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
         model.train(was_training)
@@ -234,11 +386,54 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _choose_tile(model: nn.Module, opts: RestoreOptions, batch: int, h: int, w: int, dev: torch.device) -> int | None:
+    """The tile side for an ``h x w`` input, or None for one whole-image pass."""
+    tile = opts.tile
+    if tile == "auto":
+        budget = opts.memory_budget if opts.memory_budget is not None else available_memory(dev)
+        fits = batch * h * w * opts.bytes_per_pixel <= budget
+        multiple = int(getattr(model, "pad_multiple", 1))
+        tile = None if fits else tile_size_for_budget(budget, opts.bytes_per_pixel, multiple)
+        if opts.max_tile is not None and (h > opts.max_tile or w > opts.max_tile):
+            tile = min(tile or opts.max_tile, opts.max_tile)
+    if not tile or (tile >= h and tile >= w):
+        return None
+    return int(tile)
+
+
+def _forward_fn(model: nn.Module, opts: RestoreOptions, dev: torch.device) -> Forward:
+    """The per-pass function: the model (under autocast for bf16/fp16), self-ensembled on request."""
+    if opts.precision != "fp32" and dev.type != "cuda":
+        raise ValueError(f"precision {opts.precision!r} needs a CUDA device (running on {dev}); use fp32")
+
+    def forward(t: torch.Tensor) -> torch.Tensor:
+        if opts.precision == "fp32":
+            return model(t)
+        with torch.autocast(device_type="cuda", dtype=_DTYPES[opts.precision]):
+            return model(t)
+
+    return (lambda t: self_ensemble(forward, t)) if opts.ensemble else forward
+
+
+def plan_tiles(
+    model: nn.Module, shape: tuple[int, int], options: RestoreOptions | None = None, device: torch.device | str | None = None
+) -> tuple[int | None, int]:
+    """``(tile side or None, number of forward passes)`` that :func:`restore_image` will use for an image
+    of ``shape = (H, W)``: a progress bar knows its total before the first tile."""
+    opts = options or RestoreOptions()
+    dev = torch.device(device) if device is not None else _model_device(model)
+    h, w = shape
+    tile = _choose_tile(model, opts, 1, h, w, dev)
+    return tile, 1 if tile is None else count_tiles(h, w, tile, opts.overlap)
+
+
 def restore_tensor(
     model: nn.Module,
     x: torch.Tensor,
     options: RestoreOptions | None = None,
     device: torch.device | str | None = None,
+    *,
+    progress: TileProgress | None = None,
 ) -> torch.Tensor:
     """Restore a batch: whole or tiled, optionally self-ensembled.
 
@@ -247,6 +442,7 @@ def restore_tensor(
         x: ``(B, 3, H, W)`` float in [0, 1], on any device (kept there; tiles travel to ``device``).
         options: how to run (defaults: auto tiling, no ensemble, fp32).
         device: where the model runs; default: the device of its parameters (CPU if it has none).
+        progress: called with ``(passes done, passes in total)`` after every forward pass.
 
     Returns:
         ``(B, 3, H, W)`` float32 on ``x``'s device, not clamped.
@@ -258,28 +454,17 @@ def restore_tensor(
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
     dev = torch.device(device) if device is not None else _model_device(model)
-    if opts.precision != "fp32" and dev.type != "cuda":
-        raise ValueError(f"precision {opts.precision!r} needs a CUDA device (running on {dev}); use fp32")
+    fn = _forward_fn(model, opts, dev)
     x = x.float()
-
-    def forward(t: torch.Tensor) -> torch.Tensor:
-        if opts.precision == "fp32":
-            return model(t)
-        with torch.autocast(device_type="cuda", dtype=_DTYPES[opts.precision]):
-            return model(t)
-
-    fn: Forward = (lambda t: self_ensemble(forward, t)) if opts.ensemble else forward
     h, w = x.shape[-2:]
-    tile = opts.tile
-    if tile == "auto":
-        budget = opts.memory_budget if opts.memory_budget is not None else available_memory(dev)
-        fits = x.shape[0] * h * w * opts.bytes_per_pixel <= budget
-        multiple = int(getattr(model, "pad_multiple", 1))
-        tile = None if fits else tile_size_for_budget(budget, opts.bytes_per_pixel, multiple)
+    tile = _choose_tile(model, opts, x.shape[0], h, w, dev)
     with _eval_mode(model):
-        if not tile or (tile >= h and tile >= w):
-            return fn(x.to(dev)).float().to(x.device)
-        return tile_forward(fn, x, tile, opts.overlap, dev, opts.blend)
+        if tile is None:
+            out = fn(x.to(dev)).float().to(x.device)
+            if progress is not None:
+                progress(1, 1)
+            return out
+        return tile_forward(fn, x, tile, opts.overlap, dev, opts.blend, progress=progress)
 
 
 def restore_image(
@@ -287,23 +472,56 @@ def restore_image(
     image: np.ndarray,
     options: RestoreOptions | None = None,
     device: torch.device | str | None = None,
+    *,
+    out_dtype: type[np.generic] = np.float32,
+    progress: TileProgress | None = None,
 ) -> np.ndarray:
     """Restore one image.
 
+    A tiled restoration streams: tiles are read from ``image`` as they are needed and the result is built
+    band by band into one preallocated array (memory bound in the module docstring).
+
     Args:
         model: maps ``(B, 3, H, W)`` to the same shape.
-        image: ``(H, W, 3)`` RGB float in [0, 1] (see :func:`ast_model.eval.images.read_image`).
+        image: ``(H, W, 3)`` RGB, float in [0, 1] (see :func:`ast_model.eval.images.read_image`) or uint8
+            (0-255; converted tile by tile, which saves the float copy of a huge photo).
         options: see :class:`RestoreOptions`.
         device: where the model runs; default: its parameters' device.
+        out_dtype: ``np.float32`` (default) or ``np.uint8`` (what a PNG stores: quantised as
+            :func:`ast_model.eval.images.to_uint8` does, without a float copy of the whole result).
+        progress: called with ``(passes done, passes in total)`` after every forward pass (a tiled image
+            makes one pass per tile).
 
     Returns:
-        ``(H, W, 3)`` float32 in [0, 1] (the output is clamped, as the official test scripts do).
+        ``(H, W, 3)`` of ``out_dtype``, float32 in [0, 1] (the output is clamped, as the official test
+        scripts do) or uint8.
 
     Raises:
-        ValueError: not an ``(H, W, 3)`` float image.
+        ValueError: not an ``(H, W, 3)`` float or uint8 image, or an unsupported ``out_dtype``.
     """
-    if image.ndim != 3 or image.shape[-1] != 3 or not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"expected an (H, W, 3) float image in [0, 1], got {image.shape} {image.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]  # (1, 3, H, W)
-    y = restore_tensor(model, x, options, device)  # (1, 3, H, W)
-    return y[0].clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, 3)
+    is_float = np.issubdtype(image.dtype, np.floating)
+    if image.ndim != 3 or image.shape[-1] != 3 or not (is_float or image.dtype == np.uint8):
+        raise ValueError(f"expected an (H, W, 3) float image in [0, 1] or uint8, got {image.shape} {image.dtype}")
+    if out_dtype not in (np.float32, np.uint8):
+        raise ValueError(f"out_dtype must be np.float32 or np.uint8, got {out_dtype!r}")
+    opts = options or RestoreOptions()
+    dev = torch.device(device) if device is not None else _model_device(model)
+    fn = _forward_fn(model, opts, dev)
+    if is_float and image.dtype != np.float32:
+        image = image.astype(np.float32)
+    image = np.ascontiguousarray(image)
+    h, w, _ = image.shape
+    tile = _choose_tile(model, opts, 1, h, w, dev)
+    with _eval_mode(model):
+        if tile is not None:
+            return _tiled_hwc(fn, image, tile, opts.overlap, dev, opts.blend, out_dtype=out_dtype, progress=progress)
+        x = _as_tensor(image).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+        if not is_float:
+            x = x / 255.0
+        y = fn(x.to(dev)).float().to("cpu")[0].clamp_(0, 1)  # (3, H, W)
+        if out_dtype == np.uint8:
+            y = y.mul_(255.0).round_().to(torch.uint8)
+        result = np.ascontiguousarray(y.permute(1, 2, 0).numpy())  # (H, W, 3)
+    if progress is not None:
+        progress(1, 1)
+    return result
