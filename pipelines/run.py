@@ -32,14 +32,15 @@ def pipeline_env(root: Path) -> dict[str, str]:
     return env
 
 
-def repro(root: Path) -> None:
-    """Run ``dvc repro`` in ``root`` (raises ``SystemExit`` with DVC's status on failure)."""
+def repro(root: Path) -> int:
+    """Run ``dvc repro`` in ``root``; returns DVC's exit status (the failing stage has said why above)."""
     dvc = Path(sys.executable).parent / "dvc"
     cmd = [str(dvc) if dvc.exists() else "dvc", "repro"]
     print("$", " ".join(cmd), flush=True)
     status = subprocess.call(cmd, cwd=root, env=pipeline_env(root))
     if status:
-        raise SystemExit(f"dvc repro failed with status {status}")
+        print(f"make run: dvc repro failed with status {status} (the stage's message is above)", file=sys.stderr)
+    return status
 
 
 def demo_restore(root: Path, params: dict) -> None:
@@ -80,16 +81,38 @@ def demo_restore(root: Path, params: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``make run``."""
+    """Entry point of ``make run``.
+
+    Before ``dvc repro`` starts anything, the tracking store is probed (a dead ``MLFLOW_TRACKING_URI``
+    stops here in one line, not after the data stages); each stage then does its own pre-flight and
+    reports in the same style. Exit status 2: a problem to fix; DVC's status otherwise.
+    """
+    from pipelines.errors import PreflightError, run_cli
+    from pipelines.tracking import tracking_problem, use_local_store
+
     ap = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--no-repro", action="store_true", help="only the report (after an earlier repro)")
+    ap.add_argument("--local-store", action="store_true",
+                    help="log to the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set")
+    ap.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     args = ap.parse_args(argv)
     root = Path.cwd()
-    if not args.no_repro:
-        repro(root)
-    demo_restore(root, read_params(root / args.params))
-    return 0
+    if args.local_store:
+        use_local_store(root)  # the stages DVC starts inherit it
+
+    def body() -> int:
+        if not args.no_repro:
+            problem = tracking_problem()
+            if problem:
+                raise PreflightError(problem)
+            status = repro(root)
+            if status:
+                return status
+        demo_restore(root, read_params(root / args.params))
+        return 0
+
+    return run_cli("make run", body, debug=args.debug)
 
 
 if __name__ == "__main__":

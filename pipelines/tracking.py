@@ -52,6 +52,122 @@ def tracking_uri(root: str | Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root(root) / 'mlflow.db'}"
 
 
+LOCAL_STORE_HINT = "--local-store"
+PROBE_TIMEOUT_S = 4.0  # per request; at most two requests: the check stays under 10 s
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or written; the message says which URI and how to go on."""
+
+
+def use_local_store(root: str | Path | None = None) -> str:
+    """Point this process and the ones it starts at the embedded store (``--local-store``); returns its URI."""
+    uri = f"sqlite:///{repo_root(root) / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
+def tracking_problem(uri: str | None = None, *, timeout_s: float = PROBE_TIMEOUT_S, offline_hint: str = "") -> str | None:
+    """Can the tracking store be used? One line saying why not, or None. Nothing waits longer than ``timeout_s``.
+
+    MLflow's own client retries a dead server for minutes (exponential back-off) before failing with a long
+    chained traceback; this asks once, with a short timeout, before any process or run starts.
+
+    - ``http(s)://``: ``GET <uri>/health`` (MLflow's health endpoint). Any HTTP answer below 500 counts as
+      reachable, except 401/403 (credentials); a refused connection, a timeout, an unknown host or a 5xx
+      answer is a problem.
+    - ``sqlite:///path`` and ``file:`` / plain paths: the folder must be writable (probed, not created).
+    - Other schemes (``databricks``, ...): not checked here.
+
+    Args:
+        uri: the store (default: :func:`tracking_uri`).
+        timeout_s: connect + read timeout of the HTTP probe.
+        offline_hint: the command's own option to run without tracking (e.g. ``--no-mlflow``), named in
+            the message next to the local store.
+
+    Returns:
+        None when usable, else one line naming the URI, the reason and how to run without it.
+    """
+    import socket
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from ast_model.preflight import output_dir_problem
+
+    uri = uri or tracking_uri()
+    parsed = urllib.parse.urlparse(uri)
+    local = f"sqlite:///{repo_root() / 'mlflow.db'}"
+    ways = [f"unset MLFLOW_TRACKING_URI or pass {LOCAL_STORE_HINT} to log to the local store {local}"]
+    if offline_hint:
+        ways.append(f"pass {offline_hint} to run without tracking")
+    how = "; ".join(ways)
+    if parsed.scheme in ("http", "https"):
+        start = time.monotonic()
+        try:
+            # /health first (cheap); if something answers but has no such route (a proxy in front), the
+            # REST API itself must answer, or this is not an MLflow server.
+            for route in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+                url = uri.rstrip("/") + route
+                try:
+                    with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout_s):
+                        return None
+                except urllib.error.HTTPError as exc:
+                    if exc.code != 404:
+                        raise
+            return f"{uri} answers, but not as an MLflow tracking server (HTTP 404 on /health and the REST API): check the URI, or {how}"
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return (f"tracking server {uri} refused access (HTTP {exc.code}): set MLFLOW_TRACKING_USERNAME / "
+                        f"MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, or {how}")
+            if exc.code < 500:
+                return None  # it answers (e.g. 400/405 for a GET the server does not expect)
+            reason = f"HTTP {exc.code} {exc.reason}"
+        except (urllib.error.URLError, OSError) as exc:
+            inner = getattr(exc, "reason", exc)
+            if isinstance(inner, (socket.timeout, TimeoutError)):
+                reason = f"no answer within {timeout_s:g} s"
+            elif isinstance(inner, ConnectionRefusedError):
+                reason = "connection refused: nothing listens there"
+            elif isinstance(inner, socket.gaierror):
+                reason = f"unknown host {parsed.hostname!r}"
+            else:
+                reason = str(getattr(inner, "strerror", None) or inner)
+        waited = time.monotonic() - start
+        return f"tracking server {uri} is unreachable ({reason}, after {waited:.1f} s): start it, or {how}"
+    if parsed.scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        if path is None or not str(path):
+            return None  # in-memory or an unusual form: let MLflow judge
+        if path.exists() and not path.is_file():
+            return f"tracking store {uri}: {path} is not a file"
+        problem = output_dir_problem(path.parent, "tracking store folder")
+        return f"{problem} (MLFLOW_TRACKING_URI={uri}); {how}" if problem else None
+    if parsed.scheme in ("", "file"):
+        folder = Path(parsed.path if parsed.scheme == "file" else uri)
+        problem = output_dir_problem(folder, "tracking store folder")
+        return f"{problem} (MLFLOW_TRACKING_URI={uri}); {how}" if problem else None
+    return None
+
+
+def is_tracking_failure(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) comes from MLflow or its HTTP stack."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__module__.split(".")[0] in ("mlflow", "requests", "urllib3"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def check_tracking(*, offline_hint: str = "", timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise :class:`TrackingError` (one line) unless :func:`tracking_problem` finds the store usable."""
+    problem = tracking_problem(timeout_s=timeout_s, offline_hint=offline_hint)
+    if problem:
+        raise TrackingError(problem)
+
+
 def client(root: str | Path | None = None) -> Any:
     """An ``MlflowClient`` on :func:`tracking_uri`."""
     from mlflow import MlflowClient

@@ -34,7 +34,8 @@ def check_real_dataset(
         check: ``full`` or ``header`` image checks.
 
     Returns:
-        ``(split -> checked pairs, problems)``; the error text of every broken split, in order.
+        ``(split -> checked pairs, problems)``: every problem of every broken split, one line each,
+        prefixed with its dataset and split, in order.
     """
     found: dict[str, list[PairInfo]] = {}
     # SPAD and AGAN validate on their test set: check a subset once, and report its problems once.
@@ -46,7 +47,7 @@ def check_real_dataset(
                 by_subset[subset] = read_split(spec, split, subset, check=check, name=name)
             except SourceError as exc:
                 by_subset[subset] = None
-                problems.append(str(exc))
+                problems.extend(f"{exc.where}: {p}" for p in exc.problems)  # flat: one line per problem
         if by_subset[subset] is not None:
             found[split] = by_subset[subset]
     return found, problems

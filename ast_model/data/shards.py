@@ -9,8 +9,12 @@ staging name and renamed into place when complete: a folder with an ``index.json
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -180,31 +184,135 @@ def shard_paths(shard_dir: str | Path, index: dict[str, Any] | None = None) -> l
     return [str(Path(shard_dir) / s["name"]) for s in index["shards"]]
 
 
-def verify_shards(shard_dir: str | Path, *, names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Check shards against the index: presence, byte count and sha256.
+# Verification cache: a shard's sha256 is computed once and remembered with the file's identity (size,
+# mtime, ctime, inode); a later check with the same identity skips the hash. ctime cannot be set from user
+# space, so even a corruption that restores the mtime is hashed again. The cache lives outside the shard
+# folder (that folder is a DVC output: an extra file there would change its hash), one small JSON file per
+# split, written atomically. A file modified within RACY_SECONDS of being hashed is not cached, because
+# file-system timestamps are coarse (a few ms): a change in the same tick could keep the identity.
+CACHE_ENV = "AST_CACHE_DIR"
+RACY_SECONDS = 2.0
+
+
+def cache_dir() -> Path:
+    """Where verification results are cached: ``$AST_CACHE_DIR``, else ``$XDG_CACHE_HOME/ast-pipeline``,
+    else ``~/.cache/ast-pipeline``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ast-pipeline"
+
+
+def _cache_file(shard_dir: Path) -> Path:
+    key = hashlib.sha256(str(shard_dir.resolve()).encode("utf-8")).hexdigest()[:24]
+    return cache_dir() / "verified-shards" / f"{key}.json"
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent, unreadable or damaged: just hash again
+        return {}
+    shards = data.get("shards") if isinstance(data, dict) else None
+    return shards if isinstance(shards, dict) else {}
+
+
+def _write_cache(path: Path, shard_dir: Path, shards: dict[str, Any]) -> None:
+    try:
+        atomic_write_json(path, {"shard_dir": str(shard_dir.resolve()), "shards": shards})
+    except OSError:  # a read-only home or cache folder only costs a rehash next time
+        pass
+
+
+def shard_problems(shard_dir: str | Path, *, names: Sequence[str] | None = None, use_cache: bool = True,
+                   progress: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
+    """Check shards against their index: presence, byte count and sha256, collecting every problem.
 
     Args:
         shard_dir: the split folder.
         names: shard file names to check (default: all). A rank can check just the shards it reads.
+        use_cache: skip the hash of a shard whose size, mtime, ctime and inode are those of an earlier
+            successful check (see :func:`cache_dir`).
+        progress: show a progress bar over the bytes hashed.
+
+    Returns:
+        ``(index or None, problems)``: one line per problem, each naming the shard (or the index) and
+        the fix; an empty list when every shard matches.
+    """
+    shard_dir = Path(shard_dir)
+    try:
+        index = read_index(shard_dir)
+    except ShardError as exc:
+        return None, [str(exc)]
+    entries = {s["name"]: s for s in index["shards"]}
+    cache_path = _cache_file(shard_dir)
+    cache = _read_cache(cache_path) if use_cache else {}
+    problems: list[str] = []
+    to_hash: list[tuple[str, Path, os.stat_result]] = []
+    for name in names if names is not None else list(entries):
+        if name not in entries:
+            problems.append(f"{shard_dir}: {name} is not listed in {INDEX}")
+            continue
+        entry, path = entries[name], shard_dir / name
+        try:
+            st = path.stat()
+        except OSError:
+            problems.append(f"{path}: shard missing (listed in {INDEX}); rerun the shard stage")
+            continue
+        if st.st_size != entry["bytes"]:  # no need to hash a file of the wrong size
+            problems.append(f"{path}: shard does not match {INDEX} ({st.st_size} vs {entry['bytes']} bytes): "
+                            "truncated or modified; rerun the shard stage (or `dvc checkout` it)")
+            continue
+        known = cache.get(name)
+        if known and known.get("id") == _identity(st) and known.get("sha256") == entry["sha256"]:
+            continue
+        to_hash.append((name, path, st))
+    changed = False
+    bar = tqdm(total=sum(st.st_size for _, _, st in to_hash), unit="B", unit_scale=True, leave=False,
+               desc=f"verify {shard_dir.name}", disable=not progress or not to_hash or not sys.stderr.isatty())
+    for name, path, st in to_hash:
+        sha, _ = sha256_file(path)
+        bar.update(st.st_size)
+        if sha != entries[name]["sha256"]:
+            problems.append(f"{path}: shard does not match {INDEX} (sha256 {sha[:12]}... vs "
+                            f"{entries[name]['sha256'][:12]}...): corrupted or modified; rerun the shard stage "
+                            "(or `dvc checkout` it)")
+            cache.pop(name, None)
+            changed = True
+            continue
+        after = path.stat()
+        settled = time.time() - max(after.st_mtime_ns, after.st_ctime_ns) / 1e9 > RACY_SECONDS
+        if use_cache and settled and _identity(after) == _identity(st):
+            cache[name] = {"id": _identity(st), "sha256": sha}
+            changed = True
+    bar.close()
+    if use_cache and changed:
+        _write_cache(cache_path, shard_dir, cache)
+    order = {name: i for i, name in enumerate(entries)}  # report in index order, whatever found it
+    problems.sort(key=lambda line: next((order[n] for n in order if f"/{n}:" in line or f" {n} " in line), -1))
+    return index, problems
+
+
+def verify_shards(shard_dir: str | Path, *, names: Sequence[str] | None = None, use_cache: bool = True) -> dict[str, Any]:
+    """Check shards against the index: presence, byte count and sha256 (hashed once, see :func:`shard_problems`).
+
+    Args:
+        shard_dir: the split folder.
+        names: shard file names to check (default: all). A rank can check just the shards it reads.
+        use_cache: reuse earlier successful checks of unchanged files.
 
     Returns:
         The index.
 
     Raises:
-        ShardError: naming the first shard that is missing or differs from its index entry.
+        ShardError: naming every shard that is missing or differs from its index entry (one per line).
     """
-    index = read_index(shard_dir)
-    entries = {s["name"]: s for s in index["shards"]}
-    for name in names if names is not None else list(entries):
-        if name not in entries:
-            raise ShardError(f"{shard_dir}: {name} is not listed in {INDEX}")
-        entry, path = entries[name], Path(shard_dir) / name
-        if not path.is_file():
-            raise ShardError(f"{path}: shard missing (listed in {INDEX})")
-        sha, size = sha256_file(path)
-        if size != entry["bytes"] or sha != entry["sha256"]:
-            raise ShardError(
-                f"{path}: shard does not match {INDEX} (sha256 {sha[:12]}... vs {entry['sha256'][:12]}..., "
-                f"{size} vs {entry['bytes']} bytes): corrupted or modified; rerun the shard stage"
-            )
+    index, problems = shard_problems(shard_dir, names=names, use_cache=use_cache)
+    if problems:
+        raise ShardError("\n".join(problems))
+    assert index is not None
     return index

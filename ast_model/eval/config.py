@@ -54,23 +54,24 @@ class EvaluateConfig:
     max_images: int | None = None
     sample_grids: int = 4
 
-    def problems(self) -> list[str]:
-        """Cross-field problems the types cannot express (empty: fine), each naming its key."""
+    def problems(self, section: str = "evaluate") -> list[str]:
+        """Cross-field problems the types cannot express (empty: fine), each naming its key under
+        ``section`` (``evaluate``, ``evaluate_spad``, ...)."""
         out = []
         if self.protocol not in PROTOCOLS:  # the Literal already checks; kept for hand-built configs
-            out.append(f"evaluate.protocol={self.protocol!r} is not one of {list(PROTOCOLS)}")
+            out.append(f"{section}.protocol={self.protocol!r} is not one of {list(PROTOCOLS)}")
         if self.crop_border < 0:
-            out.append(f"evaluate.crop_border={self.crop_border} must be >= 0")
+            out.append(f"{section}.crop_border={self.crop_border} must be >= 0")
         if isinstance(self.tile, int) and self.tile < 0:
-            out.append(f"evaluate.tile={self.tile} must be 'auto', null or >= 0")
+            out.append(f"{section}.tile={self.tile} must be 'auto', null or >= 0")
         if self.overlap < 0:
-            out.append(f"evaluate.overlap={self.overlap} must be >= 0")
+            out.append(f"{section}.overlap={self.overlap} must be >= 0")
         if self.max_images is not None and self.max_images < 1:
-            out.append(f"evaluate.max_images={self.max_images} must be >= 1 (null: all images)")
+            out.append(f"{section}.max_images={self.max_images} must be >= 1 (null: all images)")
         if self.sample_grids < 0:
-            out.append(f"evaluate.sample_grids={self.sample_grids} must be >= 0")
+            out.append(f"{section}.sample_grids={self.sample_grids} must be >= 0")
         if not self.split or "/" in self.split:
-            out.append(f"evaluate.split={self.split!r} is not a split folder name")
+            out.append(f"{section}.split={self.split!r} is not a split folder name")
         return out
 
     def restore_options(self) -> RestoreOptions:

@@ -48,9 +48,13 @@ class ShardData:
 
         self.train_dir, self.val_dir = Path(train_dir), Path(val_dir) if val_dir else None
         self.seed, self.num_workers, self.rank, self.world_size = seed, num_workers, rank, world_size
-        # Check this rank's shards once (sha256), not at every segment's loader.
+        # Check this rank's shards once (sha256), not at every segment's loader, and every validation
+        # shard too: a corrupt one must stop the run before step 1, not at the first validation after
+        # the work since the last checkpoint (the stage's pre-flight already hashed them: cached here).
         urls = [s["name"] for s in read_index(self.train_dir)["shards"]]
         verify_shards(self.train_dir, names=urls[rank::world_size])
+        if self.val_dir is not None:
+            verify_shards(self.val_dir)
 
     def train_batches(self, stage: ResolvedStage, *, epoch: int, batches: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """See :class:`TrainData`."""

@@ -152,9 +152,21 @@ class Trainer:
         msg = (
             f"non-finite loss at step {step + 1} (stage {stage_index}, lr {lr:.3g}) on {ranks} of "
             f"{self.info.world_size} rank(s) (this rank: {value}); training stopped without saving. "
-            f"Last good checkpoint: {last}. Lower the stage lr, set train.grad_clip, or use precision fp32."
+            f"Last good checkpoint: {last}. {self._non_finite_hint()}"
         )
         raise NonFiniteLossError(msg)
+
+    def _non_finite_hint(self) -> str:
+        """What to change, under the profile's own section; fp32 is suggested only to a half-precision run."""
+        section = self.spec.profile
+        fixes = [f"lower the stage lr ({section}.stages[].lr)"]
+        if not self.cfg.grad_clip:
+            fixes.append(f"set {section}.grad_clip (e.g. 1.0)")
+        else:
+            fixes.append(f"lower {section}.grad_clip (now {self.cfg.grad_clip:g})")
+        if self.cfg.precision != "fp32":
+            fixes.append(f"use {section}.precision: fp32 (now {self.cfg.precision})")
+        return "Fix: " + ", or ".join(fixes) + "."
 
     # -- reporting ----------------------------------------------------------------------------------
     def _log_train(self, state: LoopState, stage_index: int, steps_per_s: float, bar: tqdm) -> None:

@@ -17,12 +17,17 @@ does not know it.
 Usage::
 
     python -m pipelines.stages.evaluate [--params params.yaml] [--profile train] [--section evaluate]
-        [--shards data/shards] [--models models] [--metrics metrics] [--reports reports] [--no-mlflow]
+        [--shards data/shards] [--models models] [--metrics metrics] [--reports reports]
+        [--no-mlflow | --local-store] [--debug]
+
+Every problem a user can fix is found before the first image is restored and reported together (exit
+status 2, nothing written); see :func:`preflight`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -144,6 +149,96 @@ def _log_evaluation(c: Any, run_id: str, step: int, result: dict[str, Any], metr
         c.log_artifacts(run_id, str(grids), "evaluate/samples")
 
 
+@contextlib.contextmanager
+def _remove_new_folders_on_error(folder: Path) -> Iterator[None]:
+    """On an exception, delete ``folder`` and those of its parents that did not exist before, if empty."""
+    new = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in new:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:  # not empty (another writer) or already gone: leave it
+                pass
+        raise
+
+
+def preflight(
+    params: str | Path,
+    *,
+    profile: str,
+    section: str,
+    shards: str | Path,
+    models: str | Path,
+    metrics: str | Path,
+    reports: str | Path,
+    track: bool,
+) -> tuple[Any, Any, Any, Path, dict[str, Any], Path]:
+    """Everything :func:`run` needs, checked before any image is restored; every problem in one error.
+
+    Checks: both params sections (all keys, named under their own section), the device, the trained
+    weights, every test shard against its index (size + sha256, cached), the metrics and reports folders
+    (writable), and the tracking store (reached within a few seconds) when ``track``.
+
+    Returns:
+        ``(train config, evaluate config, device, weights path, training summary, shard folder)``.
+
+    Raises:
+        PreflightError: every problem found, one per line.
+    """
+    from ast_model.config import check_section
+    from ast_model.data.shards import shard_problems
+    from ast_model.eval.config import EvaluateConfig
+    from ast_model.preflight import output_dir_problem
+    from ast_model.train.config import TrainConfig
+    from pipelines.errors import PreflightError
+    from pipelines.tracking import tracking_problem
+
+    raw = read_params(params)
+    source = str(params)
+    problems: list[str] = []
+    if profile not in raw:
+        problems.append(f"no training section {profile!r} (the model to evaluate)")
+    train, found = check_section(TrainConfig, raw, profile, source=source)
+    problems += found if profile in raw else []
+    cfg, found = check_section(EvaluateConfig, raw, section, source=source)
+    problems += found
+    if cfg is not None:
+        problems += cfg.problems(section)
+    device = None
+    if cfg is not None:
+        try:
+            device = _device(cfg.device)
+        except (ConfigError, RuntimeError) as exc:
+            problems.append(f"{section}.device={cfg.device!r}: {exc}")
+        if device is not None and cfg.precision != "fp32" and device.type != "cuda":
+            problems.append(f"{section}.precision={cfg.precision} needs a CUDA device (evaluating on {device})")
+    weights = summary = shard_dir = None
+    if train is not None and profile in raw:
+        model_dir = Path(models) / train.experiment
+        try:
+            summary = _summary(model_dir)
+            weights = weights_path(model_dir, cfg.weights if cfg else "best", summary)
+        except (ConfigError, FileNotFoundError) as exc:
+            problems.append(str(exc))
+        if cfg is not None:
+            shard_dir = Path(shards) / train.dataset / cfg.split
+            problems += shard_problems(shard_dir, progress=True)[1]
+        for folder, what in ((Path(metrics), "metrics folder (--metrics)"),
+                             (Path(reports) / train.experiment, "reports folder (--reports)")):
+            problem = output_dir_problem(folder, what)
+            if problem:
+                problems.append(problem)
+    if track:
+        problem = tracking_problem(offline_hint="--no-mlflow")
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise PreflightError(problems, source=source, section=section)
+    return train, cfg, device, weights, summary or {}, shard_dir
+
+
 def run(
     params: str | Path = "params.yaml",
     *,
@@ -173,34 +268,20 @@ def run(
         The metrics dictionary that was written.
 
     Raises:
-        ConfigError: a bad params section (every problem listed).
-        FileNotFoundError: no trained weights.
-        ShardError: no complete, verified test split.
+        PreflightError: everything :func:`preflight` finds (bad params, no weights, a corrupt or missing
+            test shard, an unwritable output folder, an unreachable tracking server), listed together
+            before any image is restored.
     """
     import hashlib
 
     from ast_model.checkpoint import load_checkpoint
     from ast_model.data.files import atomic_write_json, sha256_file, staged_dir
     from ast_model.data.shards import INDEX, read_index
-    from ast_model.eval.config import EvaluateConfig
     from ast_model.eval.evaluate import evaluate_pairs
-    from ast_model.train.config import TrainConfig
 
-    raw = read_params(params)
-    if profile not in raw:
-        raise ConfigError(f"{params}: no training section {profile!r} (the model to evaluate)")
-    train = load_section(TrainConfig, raw, profile, source=str(params))
-    cfg = load_section(EvaluateConfig, raw, section, source=str(params))
-    if cfg.problems():
-        raise ConfigError("\n".join(cfg.problems()))
-    device = _device(cfg.device)
-    if cfg.precision != "fp32" and device.type != "cuda":
-        raise ConfigError(f"evaluate.precision={cfg.precision} needs a CUDA device (evaluating on {device})")
-
-    model_dir = Path(models) / train.experiment
-    summary = _summary(model_dir)
-    weights = weights_path(model_dir, cfg.weights, summary)
-    shard_dir = Path(shards) / train.dataset / cfg.split
+    train, cfg, device, weights, summary, shard_dir = preflight(
+        params, profile=profile, section=section, shards=shards, models=models, metrics=metrics,
+        reports=reports, track=track)
     index = read_index(shard_dir)
     model = load_checkpoint(weights, map_location=device)
     print(f"evaluate: {weights} on {shard_dir} ({index['samples']} images, protocol {cfg.protocol}, "
@@ -209,7 +290,8 @@ def run(
     reports_dir = Path(reports) / train.experiment
     start = time.perf_counter()
     # Grids are built in a staging folder and published whole: the folder never mixes two runs' images.
-    with staged_dir(reports_dir / "samples") as staging:
+    # The folders the staging creates are removed again if scoring fails: no empty reports/<experiment>/.
+    with _remove_new_folders_on_error(reports_dir), staged_dir(reports_dir / "samples") as staging:
         grids = GridWriter(staging, cfg.sample_grids)
         result = evaluate_pairs(model, split_pairs(shard_dir, cfg.max_images), protocol=cfg.protocol,
                                 y_channel=cfg.y_channel, crop_border=cfg.crop_border,
@@ -257,23 +339,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default="models", help="model root: reads <models>/<experiment>/ (default: %(default)s)")
     p.add_argument("--metrics", default="metrics", help="writes <metrics>/<experiment>.json (default: %(default)s)")
     p.add_argument("--reports", default="reports", help="writes <reports>/<experiment>/samples/ (default: %(default)s)")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (offline; the store is not contacted)")
+    p.add_argument("--local-store", action="store_true",
+                   help="log to the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2: configuration or input problem)."""
-    from ast_model.data.shards import ShardError
+    """Entry point; returns the exit status (2: a problem to fix, reported before any image is restored)."""
+    from pipelines.errors import run_cli
 
     args = parse_args(argv)
-    try:
+    if args.local_store:
+        from pipelines.tracking import use_local_store
+
+        use_local_store()
+
+    def body() -> int:
         run(args.params, profile=args.profile, section=args.section, shards=args.shards, models=args.models,
             metrics=args.metrics, reports=args.reports, track=not args.no_mlflow, progress=not args.quiet)
-    except (ConfigError, FileNotFoundError, ShardError) as exc:
-        print(f"evaluate: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli("evaluate", body, debug=args.debug, outcome="nothing written")
 
 
 if __name__ == "__main__":

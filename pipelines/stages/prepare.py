@@ -37,10 +37,15 @@ def run(params: str | Path = "params.yaml", out: str | Path = "data/prepared") -
         ConfigError: a bad params section.
         SourceError: real datasets with problems (all of them listed; nothing written).
     """
+    from ast_model.preflight import output_dir_problem
+
     data = load_section(DataConfig, params, "data")
     validate_data_config(data, str(params))
     cfg = load_section(PrepareConfig, params, "prepare")
     out = Path(out)
+    problem = output_dir_problem(out, "output folder (--out)")
+    if problem:
+        raise ConfigError(problem)
     embedded = {n: s for n, s in data.datasets.items() if s.source == "embedded"}
     if embedded:
         validate_embedded(cfg.embedded)
@@ -49,7 +54,7 @@ def run(params: str | Path = "params.yaml", out: str | Path = "data/prepared") -
         if spec.source != "embedded":
             checked[name], errors = check_real_dataset(name, spec, check=cfg.check)
             problems += errors
-    if problems:
+    if problems:  # one flat list: every problem of every split of every dataset, each naming its files
         raise SourceError("prepare", problems)
     clean_staging(out)
     summary = {}
@@ -76,13 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.stages.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parser.add_argument("--out", default="data/prepared", help="output root (default: %(default)s)")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    try:
-        run(args.params, args.out)
-    except (ConfigError, SourceError) as exc:
-        print(f"prepare: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    from pipelines.errors import run_cli
+
+    return run_cli("prepare", lambda: run(args.params, args.out) and 0, debug=args.debug, outcome="nothing written")
 
 
 if __name__ == "__main__":

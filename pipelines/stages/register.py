@@ -51,13 +51,13 @@ class RegisterConfig:
     min_gain_db: float = 0.0
     same_test_data: bool = True
 
-    def problems(self) -> list[str]:
-        """Cross-field problems (empty: fine), each naming its key."""
+    def problems(self, section: str = "register") -> list[str]:
+        """Cross-field problems (empty: fine), each naming its key under ``section``."""
         out = []
         if self.min_gain_db < 0:
-            out.append(f"register.min_gain_db={self.min_gain_db} must be >= 0")
+            out.append(f"{section}.min_gain_db={self.min_gain_db} must be >= 0")
         if not self.alias or not self.alias.replace("-", "").replace("_", "").isalnum():
-            out.append(f"register.alias={self.alias!r}: use letters, digits, '-' and '_'")
+            out.append(f"{section}.alias={self.alias!r}: use letters, digits, '-' and '_'")
         return out
 
 
@@ -108,7 +108,8 @@ def run(
         The result that was written.
 
     Raises:
-        ConfigError: bad params, unreadable metrics, or weights changed since evaluation.
+        PreflightError: bad params (every key), an unwritable reports folder, an unreachable tracking store.
+        ConfigError: unreadable metrics, or weights changed since evaluation.
         FileNotFoundError: no metrics or no weights.
         RegistryError: MLflow refused a step (logging, registering).
     """
@@ -117,13 +118,28 @@ def run(
     from pipelines import gate, registry
     from pipelines.tracking import client, run_for_stage
 
+    from ast_model.config import check_section
+    from ast_model.preflight import output_dir_problem
+    from pipelines.errors import PreflightError
+    from pipelines.tracking import tracking_problem
+
     raw = read_params(params)
+    source = str(params)
+    # Pre-flight: every problem below is collected and reported together before MLflow is touched.
+    problems: list[str] = []
     if profile not in raw:
-        raise ConfigError(f"{params}: no training section {profile!r} (the model to register)")
-    train = load_section(TrainConfig, raw, profile, source=str(params))
-    cfg = load_section(RegisterConfig, raw, section, source=str(params))
-    if cfg.problems():
-        raise ConfigError("\n".join(cfg.problems()))
+        problems.append(f"no training section {profile!r} (the model to register)")
+    train, found = check_section(TrainConfig, raw, profile, source=source)
+    problems += found if profile in raw else []
+    cfg, found = check_section(RegisterConfig, raw, section, source=source)
+    problems += found + (cfg.problems(section) if cfg is not None else [])
+    if train is not None and profile in raw:
+        problem = output_dir_problem(Path(reports) / train.experiment, "reports folder (--reports)")
+        problems += [problem] if problem else []
+    problem = tracking_problem()  # registering needs the store: no offline option here
+    problems += [problem] if problem else []
+    if problems:
+        raise PreflightError(problems, source=source, section=section)
 
     metrics_file = Path(metrics) / f"{train.experiment}.json"
     scores = _read_metrics(metrics_file)
@@ -187,24 +203,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="writes <reports>/<experiment>/registry.json (default: %(default)s)")
     p.add_argument("--requirements", default="requirements.txt",
                    help="pinned requirements of the served model (default: %(default)s)")
+    p.add_argument("--local-store", action="store_true",
+                   help="register in the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set")
+    p.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2: configuration or input problem, 1: MLflow refused)."""
+    """Entry point; returns the exit status (2: a problem to fix, nothing registered; 1: MLflow refused)."""
+    from pipelines.errors import run_cli
     from pipelines.registry import RegistryError
 
     args = parse_args(argv)
-    try:
-        run(args.params, profile=args.profile, section=args.section, models=args.models, metrics=args.metrics,
-            reports=args.reports, requirements=args.requirements)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"register: {exc}", file=sys.stderr)
-        return 2
-    except RegistryError as exc:
-        print(f"register: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    if args.local_store:
+        from pipelines.tracking import use_local_store
+
+        use_local_store()
+
+    def body() -> int:
+        try:
+            run(args.params, profile=args.profile, section=args.section, models=args.models, metrics=args.metrics,
+                reports=args.reports, requirements=args.requirements)
+        except RegistryError as exc:
+            print(f"register: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_cli("register", body, debug=args.debug, outcome="nothing registered")
 
 
 if __name__ == "__main__":

@@ -46,15 +46,20 @@ def run(
     validate_data_config(data, str(params))
     cfg = load_section(ShardConfig, params, "shard")
     if cfg.samples_per_shard < 1:
-        raise ConfigError(f"{params}: shard.samples_per_shard must be >= 1, got {cfg.samples_per_shard}")
+        raise ConfigError(f"shard.samples_per_shard must be >= 1, got {cfg.samples_per_shard}", source=str(params))
     out = Path(out)
+    from ast_model.preflight import output_dir_problem
+
+    problem = output_dir_problem(out, "output folder (--out)")
+    if problem:
+        raise ConfigError(problem)
     # Plan every dataset first: a shard-count problem anywhere stops the stage before it writes anything.
     plans, problems = {}, []
     for name in data.datasets:
         plans[name], errors = plan_dataset(name, Path(prepared), data, cfg)
         problems += errors
-    if problems:
-        raise ShardError("; ".join(problems))
+    if problems:  # one per line: the command lists them under a counted header
+        raise ShardError("\n".join(problems))
     clean_staging(out)
     summary = {}
     for name in data.datasets:
@@ -79,13 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parser.add_argument("--prepared", default="data/prepared", help="prepare's output root (default: %(default)s)")
     parser.add_argument("--out", default="data/shards", help="output root (default: %(default)s)")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    try:
-        run(args.params, args.prepared, args.out)
-    except (ConfigError, ImageFileError, ManifestError, ShardError) as exc:
-        print(f"shard: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    from pipelines.errors import run_cli
+
+    return run_cli("shard", lambda: run(args.params, args.prepared, args.out) and 0, debug=args.debug,
+                   outcome="nothing written")
 
 
 if __name__ == "__main__":

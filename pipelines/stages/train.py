@@ -13,7 +13,11 @@ Usage::
     python -m pipelines.stages.train [--params params.yaml] [--profile train] [--shards data/shards]
         [--out models] [--checkpoints checkpoints] [--nproc-per-node M] [--nnodes N] [--node-rank R]
         [--master-addr HOST] [--master-port P] [--launcher auto|torchrun|deepspeed|none]
-        [--fresh | --resume-only] [--check]
+        [--fresh | --resume-only] [--check] [--no-mlflow | --local-store] [--debug]
+
+Exit status 2 with one line per problem (``--debug``: tracebacks) for anything the user fixes; all of it
+is found before a worker starts, including a corrupt training or validation shard and a tracking server
+that does not answer within a few seconds.
 """
 
 from __future__ import annotations
@@ -56,57 +60,93 @@ def _index(split_dir: Path) -> dict[str, Any] | None:
 
 
 def plan(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Read, check and resolve everything; no process is started.
+    """Read, check and resolve everything; no process is started, no server contacted beyond a probe.
+
+    Pre-flight, all collected into one report: every key of the profile (unknown, mistyped, out of range:
+    named under the profile's own section, e.g. ``train_p1.stages[0].lr``), the shard indexes, every shard
+    of the training and validation splits against its index (size + sha256; hashed once and cached, see
+    :func:`ast_model.data.shards.shard_problems`), the output folders, and the tracking store (a server is
+    asked once with a short timeout).
 
     Returns:
         ``(RunSpec, effective LaunchConfig)``.
 
     Raises:
-        ConfigError: every problem found, one per line.
+        PreflightError: every problem found, one per line.
     """
     import torch
 
+    from ast_model.config import check_section
+    from ast_model.data.shards import shard_problems
+    from ast_model.preflight import output_dir_problem
     from ast_model.train.config import TrainConfig, check_config, resolve_stages
     from ast_model.train.spec import RunSpec
+    from pipelines.errors import PreflightError
     from pipelines.launch import resolve_launch, world_size
-    from pipelines.tracking import data_version_tags, git_tags
+    from pipelines.tracking import data_version_tags, git_tags, tracking_problem
 
     params = read_params(args.params)
-    if args.profile not in params:
+    source, profile = str(args.params), args.profile
+    if profile not in params:
         profiles = sorted(k for k in params if k.startswith("train"))
-        raise ConfigError(f"{args.params}: no section {args.profile!r} (training profiles: {profiles})")
-    cfg = load_section(TrainConfig, params, args.profile, source=str(args.params))
+        raise PreflightError(f"no section {profile!r} (training profiles: {profiles})", source=source)
+    cfg, problems = check_section(TrainConfig, params, profile, source=source)
+    if cfg is None:  # a required key is missing or unusable: nothing else can be checked
+        raise PreflightError(problems, source=source, section=profile)
     overrides = {k: getattr(args, k) for k in ("nnodes", "node_rank", "nproc_per_node", "master_addr",
                                                "master_port", "launcher")}
-    cfg = dataclasses.replace(cfg, launch=resolve_launch(cfg.launch, overrides=overrides))
+    try:
+        cfg = dataclasses.replace(cfg, launch=resolve_launch(cfg.launch, overrides=overrides))
+    except (ConfigError, ValueError) as exc:
+        problems += str(exc).splitlines()
     ws = world_size(cfg.launch)
-    variant, model_kwargs, pad = _model(params, args.profile, cfg.model, cfg.model_overrides)
+    pad = None
+    variant, model_kwargs = None, {}
+    try:
+        variant, model_kwargs, pad = _model(params, profile, cfg.model, cfg.model_overrides)
+    except ConfigError as exc:
+        problems += exc.problems
 
     train_dir = (Path(args.shards) / cfg.dataset / "train").resolve()
     split = cfg.validation.split
     val_dir = (Path(args.shards) / cfg.dataset / split).resolve() if split else None
     index = _index(train_dir)
-    problems = []
     if index is None:
-        problems.append(f"{train_dir}: no complete shard index (run `dvc repro shard`, or check train.dataset)")
-    if val_dir is not None and _index(val_dir) is None:
-        problems.append(f"{val_dir}: no shard index for train.validation.split={split!r} (null disables validation)")
+        problems.append(f"{train_dir}: no complete shard index (run `dvc repro shard`, or check {profile}.dataset)")
+    else:  # every shard the workers will read, before any worker starts: training and validation
+        problems += shard_problems(train_dir, progress=True)[1]
+    if val_dir is not None:
+        if _index(val_dir) is None:
+            problems.append(f"{val_dir}: no shard index for {profile}.validation.split={split!r} "
+                            "(null disables validation)")
+        else:
+            problems += shard_problems(val_dir, progress=True)[1]
     samples = int(index["samples"]) if index else None
     problems += check_config(cfg, world_size=ws, train_samples=samples, num_shards=len(index["shards"]) if index else None,
-                             has_gpu=torch.cuda.is_available(), shard_dir=str(train_dir), pad_multiple=pad)
+                             has_gpu=torch.cuda.is_available(), shard_dir=str(train_dir), pad_multiple=pad,
+                             section=profile)
     if index and index.get("min_height"):
         smallest = min(index["min_height"], index["min_width"])
-        problems += [f"train.stages[{i}].patch_size={s.patch_size} is larger than the smallest training image "
+        problems += [f"{profile}.stages[{i}].patch_size={s.patch_size} is larger than the smallest training image "
                      f"({smallest} px)" for i, s in enumerate(cfg.stages) if s.patch_size > smallest]
+    out_dir = (Path(args.out) / cfg.experiment).resolve()
+    ckpt_dir = (Path(args.checkpoints) / cfg.experiment).resolve()
+    for folder, what in ((out_dir, "model folder (--out)"), (ckpt_dir, "checkpoint folder (--checkpoints)")):
+        problem = output_dir_problem(folder, what)
+        if problem:
+            problems.append(problem)
+    if getattr(args, "tracking", True):
+        problem = tracking_problem(offline_hint="--no-mlflow")
+        if problem:
+            problems.append(problem)
     if problems:
-        raise ConfigError("\n".join(dict.fromkeys(problems)))
+        raise PreflightError(problems, source=source, section=profile)
     stages = resolve_stages(cfg, world_size=ws, train_samples=samples)
-    tags = {**data_version_tags(train_dir), **git_tags(), "train.profile": args.profile, "train.dataset": cfg.dataset}
+    tags = {**data_version_tags(train_dir), **git_tags(), "train.profile": profile, "train.dataset": cfg.dataset}
     spec = RunSpec(
-        train=cfg, profile=args.profile, model_name=variant, model_kwargs=model_kwargs, stages=stages,
+        train=cfg, profile=profile, model_name=variant, model_kwargs=model_kwargs, stages=stages,
         world_size=ws, train_dir=str(train_dir), val_dir=str(val_dir) if val_dir else None,
-        out_dir=str((Path(args.out) / cfg.experiment).resolve()),
-        ckpt_dir=str((Path(args.checkpoints) / cfg.experiment).resolve()), tags=tags,
+        out_dir=str(out_dir), ckpt_dir=str(ckpt_dir), tags=tags,
     )
     return spec, cfg.launch
 
@@ -137,18 +177,37 @@ def _tracker_factory(spec: Any):
     return make
 
 
-def run_worker(spec_path: str | Path, resume: str = "auto") -> int:
-    """One training process (under a launcher, or alone). Returns the exit status."""
+def run_worker(spec_path: str | Path, resume: str = "auto", *, tracking: bool = True, debug: bool = False) -> int:
+    """One training process (under a launcher, or alone). Returns the exit status.
+
+    2: a problem the user fixes (a shard that changed since the pre-flight, a tracking store that went
+    away, a resume that is not possible), printed in one line; 3: a non-finite loss. Other errors are
+    bugs and keep their traceback.
+    """
     from ast_model.train.loop import NonFiniteLossError
-    from ast_model.train.run import train
+    from ast_model.train.run import ResumeError, train
     from ast_model.train.spec import RunSpec
+    from pipelines.errors import USER_ERRORS, format_error
+    from pipelines.tracking import TrackingError, is_tracking_failure, tracking_uri
 
     spec = RunSpec.load(spec_path)
     try:
-        train(spec, tracker_factory=_tracker_factory(spec), resume=resume)
+        train(spec, tracker_factory=_tracker_factory(spec) if tracking else None, resume=resume)
     except NonFiniteLossError as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 3
+    except (*USER_ERRORS, ResumeError, TrackingError) as exc:
+        if debug:
+            raise
+        print(format_error("train", exc, outcome="stopped"), file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:
+        if debug or not is_tracking_failure(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"train: the tracking store {tracking_uri()} failed during the run ({first[:300]}); the last "
+              "checkpoint is kept: rerun to resume, or pass --no-mlflow / --local-store", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 
@@ -170,26 +229,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--fresh", action="store_true", help="ignore and delete existing checkpoints")
     group.add_argument("--resume-only", action="store_true", help="fail unless a checkpoint can be resumed")
     p.add_argument("--check", action="store_true", help="validate and print the plan, start nothing")
+    p.add_argument("--no-mlflow", dest="tracking", action="store_false",
+                   help="no MLflow run (offline); the tracking store is not contacted")
+    p.add_argument("--local-store", action="store_true",
+                   help="log to the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set")
+    p.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)  # set by the launcher
     p.add_argument("--resume", default="auto", choices=["auto", "never", "must"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2: configuration error, 3: non-finite loss)."""
+    """Entry point; returns the exit status (2: a problem to fix, nothing started; 3: non-finite loss)."""
+    from pipelines.errors import run_cli
+
     args = parse_args(argv)
+    if args.local_store:
+        from pipelines.tracking import use_local_store
+
+        use_local_store()  # in the environment, so the workers inherit it
     if args.worker:
-        return run_worker(args.worker, args.resume)
+        return run_worker(args.worker, args.resume, tracking=args.tracking, debug=args.debug)
+    return run_cli("train", lambda: _launch(args), debug=args.debug)
+
+
+def _launch(args: argparse.Namespace) -> int:
     from pipelines.launch import build_command, launcher_of, run, worker_env
 
-    try:
-        spec, launch = plan(args)
-    except ConfigError as exc:
-        problems = str(exc).splitlines()
-        print(f"train: {len(problems)} configuration problem(s), nothing started:", file=sys.stderr)
-        for line in problems:
-            print(f"  - {line}", file=sys.stderr)
-        return 2
+    spec, launch = plan(args)
     launcher = launcher_of(launch)
     print(_describe(spec, launcher), flush=True)
     if args.check:
@@ -198,8 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec_path = Path(spec.ckpt_dir) / "launch" / f"spec-node{launch.node_rank}.json"
     spec.save(spec_path)
     if launcher == "none":
-        return run_worker(spec_path, resume)
-    cmd = build_command(launch, [STAGE_MODULE, "--worker", str(spec_path), "--resume", resume])
+        return run_worker(spec_path, resume, tracking=args.tracking, debug=args.debug)
+    extra = [] if args.tracking else ["--no-mlflow"]
+    extra += ["--debug"] if args.debug else []
+    cmd = build_command(launch, [STAGE_MODULE, "--worker", str(spec_path), "--resume", resume, *extra])
     status = run(cmd, worker_env(launch))
     if status != 0:
         print(f"train: workers failed (exit status {status}); see the rank logs above", file=sys.stderr)

@@ -102,7 +102,7 @@ def test_broken_real_dataset_writes_nothing_and_lists_every_problem(tmp_path: Pa
     assert "img1.png: missing partner" in str(err.value) and "img2.png: unreadable" in str(err.value)
     assert not (tmp_path / "prepared").exists() or not any((tmp_path / "prepared").iterdir())
     assert prepare.main(["--params", str(params), "--out", str(tmp_path / "prepared")]) == 2
-    assert "prepare: error:" in capsys.readouterr().err
+    assert "prepare: 2 problems, nothing written:" in capsys.readouterr().err  # one flat, counted list
 
 
 def test_too_few_train_samples_for_the_largest_run_fails_before_writing(tmp_path: Path) -> None:

@@ -25,10 +25,12 @@ class SourceError(ValueError):
     """A dataset that cannot be used as it is; the message lists every problem found.
 
     Attributes:
+        where: the dataset / split the problems belong to.
         problems: one line per problem, each naming the file(s).
     """
 
     def __init__(self, where: str, problems: Sequence[str]):
+        self.where = where
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{where}: {len(self.problems)} problem(s):\n{lines}")
