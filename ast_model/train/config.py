@@ -220,18 +220,18 @@ def resolve_stages(cfg: TrainConfig, *, world_size: int, train_samples: int | No
     return out
 
 
-def _stage_problems(cfg: TrainConfig, *, world_size: int, train_samples: int | None) -> list[str]:
+def _stage_problems(cfg: TrainConfig, *, world_size: int, train_samples: int | None, section: str = "train") -> list[str]:
     problems = []
     if not cfg.stages:
-        problems.append("train.stages is empty: give at least one {patch_size, batch_size, lr, steps|epochs}")
+        problems.append(f"{section}.stages is empty: give at least one {{patch_size, batch_size, lr, steps|epochs}}")
     if cfg.grad_accum < 1:
-        problems.append(f"train.grad_accum={cfg.grad_accum} must be >= 1")
+        problems.append(f"{section}.grad_accum={cfg.grad_accum} must be >= 1")
     if cfg.schedule.warmup_steps is not None and cfg.schedule.warmup_epochs is not None:
-        problems.append("train.schedule: give warmup_steps or warmup_epochs, not both")
+        problems.append(f"{section}.schedule: give warmup_steps or warmup_epochs, not both")
     needs_samples = cfg.schedule.warmup_epochs is not None
     per_rank = world_size * max(cfg.grad_accum, 1)
     for i, st in enumerate(cfg.stages):
-        key = f"train.stages[{i}]"
+        key = f"{section}.stages[{i}]"
         if (st.steps is None) == (st.epochs is None):
             problems.append(f"{key}: give exactly one of steps / epochs")
         elif (st.steps is not None and st.steps < 1) or (st.epochs is not None and st.epochs <= 0):
@@ -258,6 +258,7 @@ def check_config(
     has_gpu: bool,
     shard_dir: str = "the training shard folder",
     pad_multiple: int | None = None,
+    section: str = "train",
 ) -> list[str]:
     """Every problem that can be found before starting a process (empty list: good to go).
 
@@ -270,11 +271,12 @@ def check_config(
         has_gpu: whether CUDA is available on this node.
         pad_multiple: the model pads inputs to a multiple of this; patches that are not multiples waste
             compute on padding.
+        section: the profile's section name (``train``, ``train_spad``, ...): every key is named under it.
 
     Returns:
         Human-readable problems, each naming the key.
     """
-    problems = _stage_problems(cfg, world_size=world_size, train_samples=train_samples)
+    problems = _stage_problems(cfg, world_size=world_size, train_samples=train_samples, section=section)
     if num_shards is not None:
         readers = world_size * max(cfg.num_workers, 1)
         if readers > num_shards:
@@ -284,25 +286,25 @@ def check_config(
                 "data; write more shards or use fewer processes / workers"
             )
     if cfg.precision == "fp16" and not has_gpu:
-        problems.append("train.precision=fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 here): use bf16 or fp32")
+        problems.append(f"{section}.precision=fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 here): use bf16 or fp32")
     if cfg.launch.backend == "nccl" and not has_gpu:
-        problems.append("train.launch.backend=nccl needs a GPU: use gloo or auto")
+        problems.append(f"{section}.launch.backend=nccl needs a GPU: use gloo or auto")
     if cfg.launch.launcher == "none" and world_size != 1:
-        problems.append(f"train.launch.launcher=none runs one process, but world size is {world_size}")
+        problems.append(f"{section}.launch.launcher=none runs one process, but world size is {world_size}")
     if not 0 <= cfg.launch.node_rank < cfg.launch.nnodes:
-        problems.append(f"train.launch.node_rank={cfg.launch.node_rank} must be in [0, nnodes={cfg.launch.nnodes})")
+        problems.append(f"{section}.launch.node_rank={cfg.launch.node_rank} must be in [0, nnodes={cfg.launch.nnodes})")
     for name in ("log_every", "save_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
-            problems.append(f"train.{name} must be >= 1")
+            problems.append(f"{section}.{name} must be >= 1")
     if cfg.validation.every_steps < 0:
-        problems.append("train.validation.every_steps must be >= 0")
+        problems.append(f"{section}.validation.every_steps must be >= 0")
     if cfg.grad_clip < 0:
-        problems.append("train.grad_clip must be >= 0 (0 = off)")
+        problems.append(f"{section}.grad_clip must be >= 0 (0 = off)")
     if pad_multiple:
         for i, st in enumerate(cfg.stages):
             if st.patch_size % pad_multiple:
                 problems.append(
-                    f"train.stages[{i}].patch_size={st.patch_size} is not a multiple of the model's pad multiple "
+                    f"{section}.stages[{i}].patch_size={st.patch_size} is not a multiple of the model's pad multiple "
                     f"{pad_multiple} (16 x win_size): every step would train on padding"
                 )
     return problems

@@ -34,6 +34,11 @@ ResumePolicy = Literal["auto", "never", "must"]
 TrackerFactory = Callable[[str | None, str | None], Tracker]
 
 
+class ResumeError(RuntimeError):
+    """``--resume-only`` (policy ``must``) cannot resume: no record, no complete checkpoint, or another
+    configuration. A user decision (rerun without it, or with ``--fresh``), not a bug."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """How a run ended (on every rank).
@@ -68,7 +73,7 @@ def _decide(store: CheckpointStore, spec: RunSpec, policy: ResumePolicy) -> tupl
     record, marker = store.run_record(), store.marker()
     if record is None:
         if policy == "must":
-            raise RuntimeError(f"--resume must: no run record in {store.root}")
+            raise ResumeError(f"--resume-only: no run record in {store.root}: nothing to resume (run without --resume-only)")
         return None, None, None
     old_run = record.get("mlflow_run_id")
     if policy == "never":
@@ -81,11 +86,11 @@ def _decide(store: CheckpointStore, spec: RunSpec, policy: ResumePolicy) -> tupl
             keys = ["(unreadable old spec)"]
         msg = f"{store.root} belongs to a different configuration (changed: {', '.join(keys) or '?'})"
         if policy == "must":
-            raise RuntimeError(f"cannot resume: {msg}")
+            raise ResumeError(f"cannot resume: {msg} (run without --resume-only to start fresh)")
         log.warning("%s: starting fresh and removing those checkpoints", msg)
         return None, None, old_run
     if marker is None and policy == "must":
-        raise RuntimeError(f"--resume must: no complete checkpoint in {store.root}")
+        raise ResumeError(f"--resume-only: no complete checkpoint in {store.root} (run without --resume-only)")
     return marker, old_run, None
 
 
