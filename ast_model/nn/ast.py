@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -163,6 +164,7 @@ class AST(nn.Module):
             setattr(self, f"upsample_{k}", Upsample(cin, cout))
             setattr(self, f"decoderlayer_{k}", stage(5 + k, 2 * cout, cfg.attention))
         self.output_proj = OutputProj(2 * c, cfg.out_chans)
+        self._compiled: tuple[int, Callable[[torch.Tensor], torch.Tensor], bool] | None = None  # compile_network
         self.apply(_init_weights)
 
     @property
@@ -185,10 +187,49 @@ class AST(nn.Module):
             raise ValueError(f"expected input (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         xp = self._pad(x)
+        compiled = self._compiled
+        if compiled is not None and compiled[0] == id(self) and (self.training or compiled[2]):
+            y = compiled[1](xp)
+        else:
+            y = self._restore_padded(xp)
+        return y[..., :h, :w].contiguous()
+
+    def _restore_padded(self, xp: torch.Tensor) -> torch.Tensor:
+        """The network on an already padded ``(B, in_chans, H, W)`` input (the region ``compile`` compiles)."""
         y = self.output_proj(self._features(xp))
         if self.config.in_chans == 3 and self.config.out_chans == 3:
             y = xp + y  # global residual (dd_in == 3)
-        return y[..., :h, :w].contiguous()
+        return y
+
+    def compile_network(
+        self, *, backend: str = "inductor", mode: str | None = None, fullgraph: bool = True, inference: bool = True
+    ) -> "AST":
+        """Compile the network with ``torch.compile`` (opt-in; eager stays the default).
+
+        The compiled region is everything after the padding, with static shapes: one compilation per
+        padded input shape (and per train/eval mode, autocast state, dtype), so every input size that pads
+        to the same multiple of 128 reuses it, and a training stage compiles once for its patch size. The
+        whole network is one graph (``fullgraph=True``: no graph breaks, no host syncs), so blocks do not
+        recompile one by one. Compilation costs tens of seconds to minutes per shape (README, "Precision,
+        compile"); it pays off on long runs and on GPUs.
+
+        Weights, state dict keys and checkpoints are unchanged (the module is not wrapped). A deep copy
+        of the model (e.g. :func:`ast_model.count_macs`) runs eagerly.
+
+        Args:
+            backend: ``torch.compile`` backend ("inductor"; "aot_eager" traces without generating code).
+            mode: ``torch.compile`` mode (None, "max-autotune", "reduce-overhead", ...).
+            fullgraph: fail on a graph break instead of splitting the graph.
+            inference: also use the compiled network in eval mode. Training passes False: validation
+                images come in many sizes and run rarely, so compiling each size would cost more than it saves.
+
+        Returns:
+            ``self``.
+        """
+        fn = torch.compile(self._restore_padded, backend=backend, mode=mode, fullgraph=fullgraph, dynamic=False)
+        # Keyed by id: a deep copy shares this attribute but must not call the original's compiled graph.
+        self._compiled = (id(self), fn, inference)
+        return self
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         m = self.pad_multiple

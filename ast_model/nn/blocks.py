@@ -18,17 +18,27 @@ from ast_model.nn.windows import shift_attention_mask, window_partition, window_
 
 
 class DropPath(nn.Module):
-    """Stochastic depth per sample, rescaled by ``1 / keep`` (timm semantics); identity in eval."""
+    """Stochastic depth per sample, rescaled by ``1 / keep`` (timm semantics); identity in eval.
+
+    Under ``torch.compile`` the keep probability is read from a (non-persistent) 0-d buffer, not the
+    Python float: dynamo guards on the value of Python attributes, so per-block floats (every block has
+    its own rate) would make each block a separate compilation and exhaust the recompile limit, while a
+    buffer is a graph input. Eager mode keeps the float (exact even when a whole-bf16 model has rounded
+    the buffer). Only the eval/train switch is a Python branch.
+    """
 
     def __init__(self, p: float) -> None:
         super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {p}")
         self.p = p
+        self.register_buffer("keep", torch.tensor(1.0 - p), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
+        if not self.training:
             return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        keep = self.keep if torch.compiler.is_compiling() else 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)  # (B, 1, ..., 1)
         return x * mask.div_(keep)
 
     def extra_repr(self) -> str:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ast_model.nn import reference
-from ast_model.nn.functional import gated_dw_tail
+from ast_model.nn.functional import autocast_off, compute_dtype, gated_dw_tail
 from ast_model.nn.windows import to_features, to_image
 
 FFNS: dict[str, type[nn.Module]] = {}
@@ -75,36 +75,45 @@ class FRFN(nn.Module):
         x = torch.cat((conv, x[..., c4:]), dim=-1)  # (B, H, W, C)
         # linear1 as two half-width products: both halves come out contiguous (no split copies).
         w, b = self.linear1[0].weight, self.linear1[0].bias
-        if _fused_inference(x):
-            return self._fused_forward(x, w, b)
+        fused = _fused_inference_dtype(x)
+        if fused is not None:
+            return self._fused_forward(x, w, b, fused)
         a = F.linear(x, w[:hid], b[:hid])  # (B, H, W, hidden) pre-activations; GELUs run in the tail
         g = F.linear(x, w[hid:], b[hid:])
         dw, lin2 = self.dwconv[0], self.linear2[0]
         return gated_dw_tail(a, g, dw.weight, dw.bias, lin2.weight, lin2.bias)
 
-    def _fused_forward(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _fused_forward(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Inference on CPU: the same math with each GELU fused into the oneDNN linear / conv before it.
 
         Saves three full passes over the hidden-width tensors (the GELUs run inside the producers'
-        kernels); the results equal the unfused ops to float32 rounding (tests compare them).
+        kernels); the results equal the unfused ops to float32 rounding (tests compare them). ``dtype``
+        is fp32, or bf16 (autocast, or a bf16 model): the oneDNN kernels are not autocast ops, so inputs
+        and weights are cast here, as autocast casts them for the unfused ops.
         """
         bhw, hid = x.shape[:-1], self.hidden_dim
-        x2 = x.reshape(-1, x.shape[-1])  # (B*H*W, C)
-        linear_gelu = torch.ops.mkldnn._linear_pointwise
-        ga = linear_gelu(x2, w[:hid], b[:hid], "gelu", [], "none").view(*bhw, hid)  # (B, H, W, hidden)
-        gg = linear_gelu(x2, w[hid:], b[hid:], "gelu", [], "none").view(*bhw, hid)
-        dw = self.dwconv[0]
-        gd = torch.ops.mkldnn._convolution_pointwise(
-            to_image(ga), dw.weight, dw.bias, [1, 1], [1, 1], [1, 1], hid, "gelu", [], "none"
-        )  # channels-last (B, hidden, H, W)
-        return self.linear2(to_features(gd).mul_(gg))
+        dw, lin2 = self.dwconv[0], self.linear2[0]
+        with autocast_off(x):
+            x2 = x.reshape(-1, x.shape[-1]).to(dtype)  # (B*H*W, C)
+            w, b = w.to(dtype), b.to(dtype)
+            linear_gelu = torch.ops.mkldnn._linear_pointwise
+            ga = linear_gelu(x2, w[:hid], b[:hid], "gelu", [], "none").view(*bhw, hid)  # (B, H, W, hidden)
+            gg = linear_gelu(x2, w[hid:], b[hid:], "gelu", [], "none").view(*bhw, hid)
+            gd = torch.ops.mkldnn._convolution_pointwise(
+                to_image(ga), dw.weight.to(dtype), dw.bias.to(dtype), [1, 1], [1, 1], [1, 1], hid, "gelu", [], "none"
+            )  # channels-last (B, hidden, H, W)
+            return F.linear(to_features(gd).mul_(gg), lin2.weight.to(dtype), lin2.bias.to(dtype))
 
 
-def _fused_inference(x: torch.Tensor) -> bool:
-    """Whether the oneDNN fused-GELU inference path applies (no autograd, fp32 on a CPU with oneDNN)."""
-    return (
-        not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-    )
+def _fused_inference_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype of the oneDNN fused-GELU inference path, or None where it does not apply.
+
+    It applies without autograd, in eager mode (under ``torch.compile`` inductor fuses the GELUs
+    itself), on a CPU with oneDNN, when the FRFN computes in fp32 or bf16 (autocast's dtype, else x's).
+    """
+    if torch.is_grad_enabled() or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    if not torch.backends.mkldnn.is_available():
+        return None
+    dtype = compute_dtype(x)
+    return dtype if dtype in (torch.float32, torch.bfloat16) else None

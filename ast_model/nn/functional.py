@@ -3,28 +3,84 @@
 Both compute exactly the official math; they only change what autograd keeps for the backward pass
 (recomputing cheap element-wise results instead of storing them). The plain, spec-literal versions live
 in :mod:`ast_model.nn.reference`; tests compare the two forward and backward.
+
+Mixed precision. Autocast does not reach inside an autograd function's ``backward`` (it runs after the
+``with torch.autocast(...)`` block has closed), and the hand-written backward calls aten ops that autocast
+would not cast anyway. So both functions pin their dtypes themselves: they read the autocast state once in
+``forward`` (:func:`compute_dtype`), switch autocast off inside, cast explicitly, and their ``backward``
+replays the same dtypes. The casts mirror what autocast and type promotion do on the reference path:
+
+- matmuls and convolutions run in the autocast dtype (bf16 / fp16), weights cast to it;
+- the attention's ``N x N`` element-wise part (bias add, softmax, squared ReLU, mix) runs in
+  ``promote(matmul dtype, bias dtype)``: fp32 under autocast (the bias table is an fp32 parameter, as
+  ``scores + bias`` promotes on the reference path), the model dtype when the whole model is bf16;
+- gradients come back in the dtype of each input (fp32 for fp32 parameters).
+
+Without autocast every cast is a no-op and the fp32 arithmetic is unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import ContextManager
+
 import torch
 import torch.nn.functional as F
+
+_AUTOCASTABLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would run a matmul on ``x`` in: the autocast dtype when autocast is on for
+    ``x``'s device and ``x`` is an autocast-eligible float, else ``x.dtype`` (fp64 is never cast)."""
+    dev = x.device.type
+    if x.dtype in _AUTOCASTABLE and torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def autocast_off(x: torch.Tensor) -> ContextManager:
+    """A context with autocast off on ``x``'s device (a no-op context when it is off already)."""
+    dev = x.device.type
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return torch.autocast(dev, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _scalar_weights(w: torch.Tensor) -> bool:
+    """Whether the branch weights may be read as Python floats (so the mix passes run in place).
+
+    Only in eager mode on the CPU: there ``tolist`` costs nothing, while on an accelerator it is a host
+    sync per call, and under ``torch.compile`` a graph break. Meta tensors (shape-only runs) have no values.
+    """
+    return w.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _mix(p: torch.Tensor, r: torch.Tensor, w: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``w0 p + w1 r^2`` (both ``(B, nW, h, N, N)``), overwriting ``p`` when ``inplace``; ``r`` is kept."""
+    if _scalar_weights(w):
+        w0, w1 = w.tolist()  # two scalars; plain floats let addcmul_ fold the second branch in one pass
+        return (p.mul_(w0) if inplace else p * w0).addcmul_(r, r, value=w1)
+    w = w.to(p.dtype)
+    return (p.mul_(w[0]) if inplace else p * w[0]).addcmul_(r, r * w[1])
 
 
 def _mixed_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, keep_parts: bool):
     """``A = w0 softmax(S) + w1 relu(S)^2`` with ``S = q k^T + bias``, computed with in-place passes.
 
-    Returns ``(A, P, R)``: ``P = softmax(S)`` and ``R = relu(S)`` are only materialised (for the
-    backward pass) when ``keep_parts``; the forward pass needs two N x N buffers instead of five.
+    ``q k^T`` runs in ``q``'s dtype; ``S`` and ``A`` are in ``promote(q.dtype, bias.dtype)`` (see the
+    module docstring). Returns ``(A, P, R)``: ``P = softmax(S)`` and ``R = relu(S)`` are only
+    materialised (for the backward pass) when ``keep_parts``; the forward pass needs two N x N buffers
+    instead of five.
     """
-    s = q @ k.transpose(-2, -1)  # (B, nW, h, N, N)
+    acc = torch.promote_types(q.dtype, bias.dtype)
+    s = (q @ k.transpose(-2, -1)).to(acc)  # (B, nW, h, N, N); no copy unless autocast lowered q
     s += bias  # bias (+ shift mask), broadcast over batch (and windows)
     p = torch.softmax(s, dim=-1)
     r = torch.relu_(s)
     if keep_parts or w.is_meta:  # meta tensors (shape-only runs, e.g. count_macs) have no values
         return p * w[0] + (r * r) * w[1], p, r
-    w0, w1 = w.tolist()  # two scalars; plain floats let the passes below run in place
-    return p.mul_(w0).addcmul_(r, r, value=w1), None, None
+    return _mix(p, r, w, inplace=True), None, None
 
 
 class _WindowASSA(torch.autograd.Function):
@@ -37,40 +93,55 @@ class _WindowASSA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, w):  # type: ignore[override]
-        a, _, _ = _mixed_attention(q, k, bias, w, keep_parts=False)
-        ctx.save_for_backward(q, k, v, bias, w)
-        return a @ v  # (B, nW, h, N, d)
+        mm = compute_dtype(q)
+        with autocast_off(q):
+            q_, k_, v_ = q.to(mm), k.to(mm), v.to(mm)  # (B, nW, h, N, d), the autocast dtype
+            a, _, _ = _mixed_attention(q_, k_, bias, w, keep_parts=False)
+            out = a.to(mm) @ v_  # (B, nW, h, N, d)
+        ctx.save_for_backward(q_, k_, v_, bias, w)
+        ctx.in_dtypes = (q.dtype, k.dtype, v.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, bias, w = ctx.saved_tensors
-        s = q @ k.transpose(-2, -1)  # (B, nW, h, N, N), recomputed
-        s += bias
-        p = torch.softmax(s, dim=-1)
-        r = torch.relu_(s)
-        w0, w1 = w.tolist()
-        a = (p * w0).addcmul_(r, r, value=w1)
-        grad_v = a.transpose(-2, -1) @ grad_out
-        del a
-        grad_a = grad_out @ v.transpose(-2, -1)  # (B, nW, h, N, N)
-        gp = grad_a * p
-        gr = grad_a.mul_(r)  # grad_a * relu(S), in place: grad_a is not needed any more
-        grad_w = None
-        if ctx.needs_input_grad[4]:
-            grad_w = torch.stack((gp.sum(), torch.vdot(gr.reshape(-1), r.reshape(-1))))
-        # softmax backward: p * (g - sum(g * p)); relu(S)^2 backward: 2 relu(S) g.
-        grad_s = gp.sub_(p * gp.sum(-1, keepdim=True)).mul_(w0).add_(gr, alpha=2 * w1)
-        del gp, gr, p, r
-        grad_q = grad_s @ k
-        grad_k = grad_s.transpose(-2, -1) @ q
-        grad_bias = None
-        if ctx.needs_input_grad[3]:
-            grad_bias = grad_s.sum(dim=tuple(range(grad_s.dim() - bias.dim())))
-        return grad_q, grad_k, grad_v, grad_bias, grad_w
+        mm, acc = q.dtype, torch.promote_types(q.dtype, bias.dtype)
+        with autocast_off(q):
+            s = (q @ k.transpose(-2, -1)).to(acc)  # (B, nW, h, N, N), recomputed
+            s += bias
+            p = torch.softmax(s, dim=-1)
+            r = torch.relu_(s)
+            a = _mix(p, r, w, inplace=False)
+            g = grad_out.to(mm)
+            grad_v = a.to(mm).transpose(-2, -1) @ g
+            del a
+            grad_a = (g @ v.transpose(-2, -1)).to(acc)  # (B, nW, h, N, N)
+            gp = grad_a * p
+            gr = grad_a.mul_(r)  # grad_a * relu(S), in place: grad_a is not needed any more
+            grad_w = None
+            if ctx.needs_input_grad[4]:
+                grad_w = torch.stack((gp.sum(), torch.vdot(gr.reshape(-1), r.reshape(-1)))).to(w.dtype)
+            # softmax backward: p * (g - sum(g * p)); relu(S)^2 backward: 2 relu(S) g.
+            grad_s = gp.sub_(p * gp.sum(-1, keepdim=True))
+            if _scalar_weights(w):
+                w0, w1 = w.tolist()
+                grad_s.mul_(w0).add_(gr, alpha=2 * w1)
+            else:
+                wa = w.to(acc)
+                grad_s.mul_(wa[0]).add_(gr.mul_(2 * wa[1]))
+            del gp, gr, p, r
+            grad_bias = None
+            if ctx.needs_input_grad[3]:
+                grad_bias = grad_s.sum(dim=tuple(range(grad_s.dim() - bias.dim()))).to(bias.dtype)
+            grad_s = grad_s.to(mm)  # the q k^T product ran in mm: its gradient products do too
+            grad_q = grad_s @ k
+            grad_k = grad_s.transpose(-2, -1) @ q
+        dq, dk, dv = ctx.in_dtypes
+        return grad_q.to(dq), grad_k.to(dk), grad_v.to(dv), grad_bias, grad_w
 
 
 def window_assa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Adaptive sparse self-attention inside windows (memory-lean autograd).
+    """Adaptive sparse self-attention inside windows (memory-lean autograd, autocast-aware).
 
     Args:
         q, k, v: ``(B, nW, h, N, d)``; q already scaled by ``d**-0.5``.
@@ -79,7 +150,7 @@ def window_assa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.T
         w: ``(2,)`` branch weights, already softmax-normalised.
 
     Returns:
-        ``(B, nW, h, N, d)``.
+        ``(B, nW, h, N, d)`` in the matmul dtype (the autocast dtype under autocast, else q's dtype).
     """
     return _WindowASSA.apply(q, k, v, bias, w)
 
@@ -90,38 +161,46 @@ class _GatedDWTail(torch.autograd.Function):
     Plain autograd keeps five hidden-width tensors per FRFN (``gelu`` input and output, the dwconv
     output, the two gate factors, the product); this keeps only the two pre-activations ``a`` and ``g``
     and recomputes the rest in the backward pass: element-wise GELUs and one depthwise 3x3 convolution
-    (9 MACs per element), no extra matmul.
+    (9 MACs per element), no extra matmul. Under autocast everything runs in the autocast dtype, as the
+    reference path's ops do (its GELUs see the low-precision outputs of linear1 and the conv).
     """
 
     @staticmethod
     def forward(ctx, a, g, dw_weight, dw_bias, w2, b2):  # type: ignore[override]
-        d = _dwconv(F.gelu(a), dw_weight, dw_bias)  # (B, H, W, hidden)
-        out = F.linear(F.gelu(d).mul_(F.gelu(g)), w2, b2)
+        mm = compute_dtype(a)
+        ctx.in_dtypes = tuple(t.dtype for t in (a, g, dw_weight, dw_bias, w2, b2))
+        with autocast_off(a):
+            a, g, dw_weight, dw_bias, w2, b2 = (t.to(mm) for t in (a, g, dw_weight, dw_bias, w2, b2))
+            d = _dwconv(F.gelu(a), dw_weight, dw_bias)  # (B, H, W, hidden)
+            out = F.linear(F.gelu(d).mul_(F.gelu(g)), w2, b2)
         ctx.save_for_backward(a, g, dw_weight, dw_bias, w2)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         a, g, dw_weight, dw_bias, w2 = ctx.saved_tensors
-        ga = F.gelu(a)
-        d = _dwconv(ga, dw_weight, dw_bias)
-        gd, gg = F.gelu(d), F.gelu(g)
-        grad_y = grad_out @ w2  # (B, H, W, hidden)
-        flat_out = grad_out.reshape(-1, grad_out.shape[-1])  # (B*H*W, C)
-        grad_w2 = flat_out.t() @ (gd * gg).reshape(-1, gd.shape[-1])
-        grad_b2 = flat_out.sum(0)
-        # gelu_backward(grad, x) = grad * gelu'(x) in one fused kernel.
-        grad_g = torch.ops.aten.gelu_backward(grad_y * gd, g)
-        del gd
-        grad_d = torch.ops.aten.gelu_backward(grad_y.mul_(gg), d)
-        del gg, grad_y, d
-        grad_ga, grad_dw_w, grad_dw_b = torch.ops.aten.convolution_backward(
-            grad_d.permute(0, 3, 1, 2), ga.permute(0, 3, 1, 2), dw_weight, [dw_weight.shape[0]],
-            [1, 1], [1, 1], [1, 1], False, [0, 0], dw_weight.shape[0], [True, True, True],
-        )
-        del grad_d, ga
-        grad_a = torch.ops.aten.gelu_backward(grad_ga.permute(0, 2, 3, 1), a)
-        return grad_a, grad_g, grad_dw_w, grad_dw_b, grad_w2, grad_b2
+        with autocast_off(a):
+            grad_out = grad_out.to(a.dtype)
+            ga = F.gelu(a)
+            d = _dwconv(ga, dw_weight, dw_bias)
+            gd, gg = F.gelu(d), F.gelu(g)
+            grad_y = grad_out @ w2  # (B, H, W, hidden)
+            flat_out = grad_out.reshape(-1, grad_out.shape[-1])  # (B*H*W, C)
+            grad_w2 = flat_out.t() @ (gd * gg).reshape(-1, gd.shape[-1])
+            grad_b2 = flat_out.sum(0)
+            # gelu_backward(grad, x) = grad * gelu'(x) in one fused kernel.
+            grad_g = torch.ops.aten.gelu_backward(grad_y * gd, g)
+            del gd
+            grad_d = torch.ops.aten.gelu_backward(grad_y.mul_(gg), d)
+            del gg, grad_y, d
+            grad_ga, grad_dw_w, grad_dw_b = torch.ops.aten.convolution_backward(
+                grad_d.permute(0, 3, 1, 2), ga.permute(0, 3, 1, 2), dw_weight, [dw_weight.shape[0]],
+                [1, 1], [1, 1], [1, 1], False, [0, 0], dw_weight.shape[0], [True, True, True],
+            )
+            del grad_d, ga
+            grad_a = torch.ops.aten.gelu_backward(grad_ga.permute(0, 2, 3, 1), a)
+        grads = (grad_a, grad_g, grad_dw_w, grad_dw_b, grad_w2, grad_b2)
+        return tuple(t.to(dt) for t, dt in zip(grads, ctx.in_dtypes))
 
 
 def _dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -141,6 +220,6 @@ def gated_dw_tail(
         w2, b2: ``linear2`` ``(C, hidden)``, ``(C,)``.
 
     Returns:
-        ``(B, H, W, C)``.
+        ``(B, H, W, C)`` in the autocast dtype under autocast, else ``a``'s dtype.
     """
     return _GatedDWTail.apply(a, g, dw_weight, dw_bias, w2, b2)

@@ -18,7 +18,12 @@ from typing import Any, Literal
 from ast_model.config import ConfigError
 from ast_model.data.schedule import PatchStage
 
-Precision = Literal["fp32", "bf16", "fp16"]
+# fp32: everything fp32. bf16 / fp16: DeepSpeed's whole-model half precision (the module's weights are
+# bf16 / fp16 copies, fp32 masters in the optimizer; fp16 with dynamic loss scaling). autocast_bf16 /
+# autocast_fp16: DeepSpeed's `torch_autocast` (fp32 weights, gradients and optimizer; matmuls and
+# convolutions under torch.autocast; fp16 with a torch GradScaler), the official recipe's scheme.
+Precision = Literal["fp32", "bf16", "fp16", "autocast_bf16", "autocast_fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "autocast_bf16", "autocast_fp16")
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ class TrainConfig:
     zero_stage: Literal[0, 1, 2] = 0
     grad_accum: int = 1
     grad_clip: float = 0.0  # 0 = off (official: no clipping)
+    compile: bool = False  # torch.compile the network (AST.compile_network): one compilation per patch size
     seed: int = 1234
     deterministic: bool = False
     num_workers: int = 0
@@ -285,8 +291,11 @@ def check_config(
                 f"{num_shards} training shard(s) in {shard_dir}: a rank would get no "
                 "data; write more shards or use fewer processes / workers"
             )
-    if cfg.precision == "fp16" and not has_gpu:
-        problems.append(f"{section}.precision=fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 here): use bf16 or fp32")
+    if cfg.precision in ("fp16", "autocast_fp16") and not has_gpu:
+        problems.append(
+            f"{section}.precision={cfg.precision} needs a GPU (DeepSpeed's CPU accelerator has no fp16 here): "
+            "use bf16, autocast_bf16 or fp32"
+        )
     if cfg.launch.backend == "nccl" and not has_gpu:
         problems.append(f"{section}.launch.backend=nccl needs a GPU: use gloo or auto")
     if cfg.launch.launcher == "none" and world_size != 1:
@@ -350,3 +359,13 @@ def deepspeed_config(cfg: TrainConfig, *, micro_batch: int, world_size: int, lr:
         # Dynamic loss scaling, as the official AMP GradScaler with default settings.
         ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
     return ds
+    elif cfg.precision in ("autocast_bf16", "autocast_fp16"):
+        # The engine runs forward under torch.autocast; weights, gradients and AdamW stay fp32. With fp16
+        # DeepSpeed adds a torch.amp.GradScaler (ZeRO 0: the engine's, ZeRO 1/2: the optimizer's).
+        # No "lower precision safe" modules: gradients are reduced across ranks in fp32, as DDP does under
+        # the official AMP (listing Linear / Conv2d here would all-reduce their gradients in bf16 / fp16).
+        ds["torch_autocast"] = {
+            "enabled": True,
+            "dtype": "bfloat16" if cfg.precision == "autocast_bf16" else "float16",
+            "lower_precision_safe_modules": [],
+        }

@@ -134,6 +134,8 @@ def train(
         store.clear()
 
     model = create_model(spec.model_name, **spec.model_kwargs)  # same seed: same init on every rank
+    if cfg.compile:  # compiles lazily at the first step of each patch size; validation stays eager
+        model.compile_network(inference=False)
     torch.manual_seed(cfg.seed + 1 + info.rank)  # then a stream per rank (stochastic depth masks)
     ds_config = deepspeed_config(cfg, micro_batch=spec.stages[0].micro_batch, world_size=info.world_size,
                                  lr=lr_at(spec.stages, 0, floor=cfg.schedule.min_lr))
