@@ -1,6 +1,11 @@
 """Speed and memory benchmark of the AST forward pass and training step (not a test).
 
     python -m ast_model.bench [--repeats 5] [--cases t_fwd b_fwd t_step] [--impls fast reference]
+    python -m ast_model.bench --device cuda [--models ast_t ast_b] [--precisions ...] [--modes ...]
+
+With ``--device`` it runs the precision x compile x impl matrix of :mod:`ast_model.bench_device` on that
+device (fp32 / whole bf16 / bf16 autocast, eager / compiled, fast / reference side by side; ``--smoke``
+for a quick CPU check of the same code). Without it, the CPU table below:
 
 Cases (fp32, torch threads = cores, 1 warm-up then ``--repeats`` timed runs):
     t_fwd   AST-T forward, eval + no_grad, 1x3x256x256
@@ -25,6 +30,9 @@ import sys
 import time
 
 import torch
+
+from ast_model.bench_device import MODES, PRECISIONS
+from ast_model.bench_device import run as run_matrix
 
 CASES = ("t_fwd", "b_fwd", "t_step")
 
@@ -85,7 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--malloc-tuning", action="store_true",
                     help="fixed 1 MiB glibc mmap threshold: lower peak RSS, but slower (page faults)")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
+    dev = ap.add_argument_group("device matrix (with --device)")
+    dev.add_argument("--device", help="run the precision x compile matrix on this device (cuda, cuda:1, cpu)")
+    dev.add_argument("--models", nargs="+", default=["ast_t", "ast_b"], choices=["ast_t", "ast_b"])
+    dev.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    dev.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    dev.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled rows")
+    dev.add_argument("--warmup", type=int, default=2, help="untimed steps first (the compilation happens here)")
+    dev.add_argument("--budget-s", type=float, default=480.0, help="start no new case after this many seconds")
+    dev.add_argument("--smoke", action="store_true", help="tiny models and sizes (checks the code path)")
     args = ap.parse_args(argv)
+    if args.device:
+        run_matrix(args.device, args.models, args.precisions, args.modes, args.impls, smoke=args.smoke,
+                   backend=args.backend, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget_s)
+        return 0
     if args.worker:
         print(json.dumps(_run_case(*args.worker, args.repeats, args.malloc_tuning)))
         return 0
