@@ -52,7 +52,7 @@ def master_state_dict(engine: Any) -> dict[str, torch.Tensor]:
     (partitioned over ranks under ZeRO 1/2). Exporting the half copies would round every weight.
 
     Returns:
-        ``state_dict`` of the module with fp32 masters for parameters (on CPU), buffers as they are.
+        ``state_dict`` of the module with fp32 masters for parameters (on CPU), persistent buffers as they are.
     """
     from deepspeed.utils import safe_get_full_fp32_param
 
@@ -67,8 +67,10 @@ def master_state_dict(engine: Any) -> dict[str, torch.Tensor]:
                 log.warning("no fp32 master for %s: exporting the %s weights", name, p.dtype)
             full = p
         out[name] = full.detach().float().cpu().clone()
+    persistent = engine.module.state_dict().keys()  # non-persistent buffers (DropPath.keep) are not exported
     for name, b in engine.module.named_buffers():
-        out[name] = b.detach().cpu().clone()
+        if name in persistent:
+            out[name] = b.detach().cpu().clone()
     return out
 
 
