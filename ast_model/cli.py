@@ -226,7 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ensemble", action="store_true", help="8-way flip/rotation self-ensemble (8x slower)")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="bf16/fp16 autocast (CUDA only)"
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+        help="bf16 autocast (CUDA, or a CPU with AVX-512 bf16 / AMX: faster, ~0.03 dB PSNR change; see README), "
+        "fp16 autocast (CUDA only)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the network (one compilation per padded tile / image shape: minutes on a CPU, "
+        "pays off on many images of one size)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
@@ -308,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
-    if args.precision != "fp32" and device.type != "cuda":
-        parser.error(f"--precision {args.precision} needs a CUDA device (got {device})")
+    if args.precision == "fp16" and device.type != "cuda":
+        parser.error(f"--precision {args.precision} needs a CUDA device (got {device}); bf16 works on the CPU")
 
     # The output first: a folder that cannot be written must not cost a model load or a restoration.
     # (Probed, not created: a run that stops at the model leaves no empty folder behind.)
@@ -321,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuned = tune_allocator()
     try:
         model = load_model(args.model, args.weights).to(device)
+        if args.compile and hasattr(model, "compile_network"):
+            model.compile_network()  # compiles lazily, at the first image / tile of each padded shape
     except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
         if args.debug:
             raise

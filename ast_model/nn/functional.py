@@ -65,6 +65,18 @@ def _mix(p: torch.Tensor, r: torch.Tensor, w: torch.Tensor, inplace: bool) -> to
     return (p.mul_(w[0]) if inplace else p * w[0]).addcmul_(r, r * w[1])
 
 
+def _scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``S = q k^T + bias`` in ``promote(q.dtype, bias.dtype)``; ``q k^T`` runs in q's dtype.
+
+    Same dtypes: the bias is added in place. Mixed (autocast): one promoting add writes the fp32 scores
+    (a cast and then an add would be two passes over the N x N tensor).
+    """
+    qk = q @ k.transpose(-2, -1)  # (B, nW, h, N, N)
+    if qk.dtype == torch.promote_types(qk.dtype, bias.dtype):
+        return qk.add_(bias)  # bias (+ shift mask), broadcast over batch (and windows)
+    return torch.add(qk, bias)
+
+
 def _mixed_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, keep_parts: bool):
     """``A = w0 softmax(S) + w1 relu(S)^2`` with ``S = q k^T + bias``, computed with in-place passes.
 
@@ -73,9 +85,7 @@ def _mixed_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, w: to
     materialised (for the backward pass) when ``keep_parts``; the forward pass needs two N x N buffers
     instead of five.
     """
-    acc = torch.promote_types(q.dtype, bias.dtype)
-    s = (q @ k.transpose(-2, -1)).to(acc)  # (B, nW, h, N, N); no copy unless autocast lowered q
-    s += bias  # bias (+ shift mask), broadcast over batch (and windows)
+    s = _scores(q, k, bias)  # (B, nW, h, N, N)
     p = torch.softmax(s, dim=-1)
     r = torch.relu_(s)
     if keep_parts or w.is_meta:  # meta tensors (shape-only runs, e.g. count_macs) have no values
@@ -107,17 +117,20 @@ class _WindowASSA(torch.autograd.Function):
         q, k, v, bias, w = ctx.saved_tensors
         mm, acc = q.dtype, torch.promote_types(q.dtype, bias.dtype)
         with autocast_off(q):
-            s = (q @ k.transpose(-2, -1)).to(acc)  # (B, nW, h, N, N), recomputed
-            s += bias
+            s = _scores(q, k, bias)  # (B, nW, h, N, N), recomputed
             p = torch.softmax(s, dim=-1)
             r = torch.relu_(s)
             a = _mix(p, r, w, inplace=False)
             g = grad_out.to(mm)
             grad_v = a.to(mm).transpose(-2, -1) @ g
             del a
-            grad_a = (g @ v.transpose(-2, -1)).to(acc)  # (B, nW, h, N, N)
-            gp = grad_a * p
-            gr = grad_a.mul_(r)  # grad_a * relu(S), in place: grad_a is not needed any more
+            grad_a = g @ v.transpose(-2, -1)  # (B, nW, h, N, N), in mm
+            gp = grad_a * p  # promotes to acc under autocast (p is in acc)
+            if grad_a.dtype == acc:
+                gr = grad_a.mul_(r)  # grad_a * relu(S), in place: grad_a is not needed any more
+            else:
+                gr = grad_a * r
+            del grad_a
             grad_w = None
             if ctx.needs_input_grad[4]:
                 grad_w = torch.stack((gp.sum(), torch.vdot(gr.reshape(-1), r.reshape(-1)))).to(w.dtype)

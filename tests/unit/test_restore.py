@@ -216,7 +216,7 @@ def lambda_model(fn) -> nn.Module:
 def test_bad_requests_give_clear_errors() -> None:
     model = ConvNet()
     with pytest.raises(ValueError, match="CUDA"):
-        restore_tensor(model, torch.rand(1, 3, 8, 8), RestoreOptions(precision="bf16"), device="cpu")
+        restore_tensor(model, torch.rand(1, 3, 8, 8), RestoreOptions(precision="fp16"), device="cpu")
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         restore_tensor(model, torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
