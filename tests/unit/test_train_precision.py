@@ -1,6 +1,6 @@
 """Training precisions and the compile switch in params (issue 10, items 2 and 3): config level.
 
-The train stage itself runs every CPU precision in ``tests/integration/test_train_precision.py``.
+The train stage itself runs every CPU precision in ``tests/integration/test_train_stage_precisions.py``.
 """
 
 from __future__ import annotations
