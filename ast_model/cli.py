@@ -313,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (RuntimeError, ValueError) as exc:
         parser.error(str(exc))
+    if isinstance(args.tile, int) and args.tile > 0 and args.overlap >= args.tile:
+        # The tiling would advance by one pixel per pass (the overlap is clamped to tile - 1).
+        parser.error(f"--overlap {args.overlap} must be smaller than --tile {args.tile}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
     if args.precision == "fp16" and device.type != "cuda":

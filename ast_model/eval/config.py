@@ -66,6 +66,8 @@ class EvaluateConfig:
             out.append(f"{section}.tile={self.tile} must be 'auto', null or >= 0")
         if self.overlap < 0:
             out.append(f"{section}.overlap={self.overlap} must be >= 0")
+        elif isinstance(self.tile, int) and self.tile > 0 and self.overlap >= self.tile:
+            out.append(f"{section}.overlap={self.overlap} must be smaller than {section}.tile={self.tile}")
         if self.max_images is not None and self.max_images < 1:
             out.append(f"{section}.max_images={self.max_images} must be >= 1 (null: all images)")
         if self.sample_grids < 0:
