@@ -56,7 +56,10 @@ def _skimage(name: str) -> Callable[[], tuple[np.ndarray, np.ndarray | None]]:
     def load() -> tuple[np.ndarray, np.ndarray | None]:
         import skimage.data
 
-        return getattr(skimage.data, name)(), None
+        image = getattr(skimage.data, name)()
+        if image.ndim == 2:  # grayscale photos and textures: the same content in the three channels
+            image = np.repeat(image[..., None], 3, axis=2)
+        return image, None
 
     return load
 
@@ -92,6 +95,14 @@ def _grace_hopper() -> tuple[np.ndarray, np.ndarray | None]:
 
 _PHOTOS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray | None]]] = {
     "astronaut": _skimage("astronaut"),
+    # Grayscale photos and textures (used as RGB): more distinct content for the degradation to sit on.
+    "camera": _skimage("camera"),
+    "brick": _skimage("brick"),
+    "grass": _skimage("grass"),
+    "gravel": _skimage("gravel"),
+    "coins": _skimage("coins"),
+    "moon": _skimage("moon"),
+    "immunohistochemistry": _skimage("immunohistochemistry"),
     "chelsea": _skimage("chelsea"),
     "coffee": _skimage("coffee"),
     "rocket": _skimage("rocket"),

@@ -130,14 +130,20 @@ class TrainConfig:
     dataset: str = "embedded_rain"
     model: str | None = None  # None: the `model` section's variant
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    # charbonnier (official) or mse: see ast_model/train/loss.py for why short runs on sparse
+    # degradations want mse.
+    loss: Literal["charbonnier", "mse"] = "charbonnier"
+    # true: zero the output projection so the untrained model is the identity (ast_model/train/init.py);
+    # false: the official init (the output conv keeps PyTorch's default init).
+    start_as_identity: bool = False
     loss_eps: float = 1e-3
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     precision: Precision = "fp32"
+    compile: bool = False  # torch.compile the network (AST.compile_network): one compilation per patch size
     zero_stage: Literal[0, 1, 2] = 0
     grad_accum: int = 1
     grad_clip: float = 0.0  # 0 = off (official: no clipping)
-    compile: bool = False  # torch.compile the network (AST.compile_network): one compilation per patch size
     seed: int = 1234
     deterministic: bool = False
     num_workers: int = 0
@@ -358,7 +364,6 @@ def deepspeed_config(cfg: TrainConfig, *, micro_batch: int, world_size: int, lr:
     elif cfg.precision == "fp16":
         # Dynamic loss scaling, as the official AMP GradScaler with default settings.
         ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
-    return ds
     elif cfg.precision in ("autocast_bf16", "autocast_fp16"):
         # The engine runs forward under torch.autocast; weights, gradients and AdamW stay fp32. With fp16
         # DeepSpeed adds a torch.amp.GradScaler (ZeRO 0: the engine's, ZeRO 1/2: the optimizer's).
@@ -369,3 +374,4 @@ def deepspeed_config(cfg: TrainConfig, *, micro_batch: int, world_size: int, lr:
             "dtype": "bfloat16" if cfg.precision == "autocast_bf16" else "float16",
             "lower_precision_safe_modules": [],
         }
+    return ds

@@ -22,8 +22,9 @@ from ast_model.data.schedule import stage_at
 from ast_model.train.checkpoints import CheckpointStore
 from ast_model.train.data import TrainData
 from ast_model.train.distributed import DistInfo, all_sum
+from ast_model.train.history import HISTORY_FILE, read_history, write_history
 from ast_model.train.engine import compute_dtype, export_weights, master_state_dict, set_lr
-from ast_model.train.loss import charbonnier
+from ast_model.train.loss import build_loss
 from ast_model.train.schedule import lr_at
 from ast_model.train.spec import RunSpec
 from ast_model.train.tracker import Tracker
@@ -73,13 +74,18 @@ class Trainer:
         self.store, self.tracker, self.info = store, tracker, info
         self.patch_stages = [s.patch_stage() for s in spec.stages]
         self.dtype = compute_dtype(engine)
+        self.loss_fn = build_loss(self.cfg.loss, self.cfg.loss_eps)
         self.last_val: ValResult | None = None
         self._window: list[float] = []  # per-step losses since the last log
+        self._since_val: list[float] = []  # per-step losses since the last validation
+        self.history_path = Path(spec.out_dir) / HISTORY_FILE
+        self.history: list[dict[str, float]] = []
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self, state: LoopState) -> LoopState:
         """Train from ``state`` to the end of the last stage, then export the final weights."""
         total = self.spec.total_steps
+        self.history = self._read_history(state.step)
         # In a log file (DVC, Prefect, a scheduler) a bar redrawn every second would flood it.
         bar = tqdm(total=total, initial=state.step, unit="step", disable=not self.info.is_main, dynamic_ncols=True,
                    mininterval=1.0 if sys.stderr.isatty() else 30.0, desc=self.cfg.experiment)
@@ -109,6 +115,7 @@ class Trainer:
             tick = now
             state.step, state.images = step + 1, state.images + stage.global_batch
             self._window.append(loss)
+            self._since_val.append(loss)
             window_steps += 1
             bar.update(1)
             if state.step % self.cfg.log_every == 0 or state.step == seg_end:
@@ -133,7 +140,7 @@ class Trainer:
                 raise RuntimeError(f"rank {self.info.rank}: the loader ended early at step {step}") from None
             x = x.to(self.info.device, self.dtype, non_blocking=True)
             y = y.to(self.info.device, non_blocking=True)
-            loss = charbonnier(self.engine(x), y, self.cfg.loss_eps)
+            loss = self.loss_fn(self.engine(x), y)
             value = loss.item()
             finite = math.isfinite(value)
             # One collective for both: the mean loss to log, and whether any rank went non-finite, so
@@ -192,6 +199,7 @@ class Trainer:
         self.last_val = res
         if res.count == 0:
             return
+        self._record(state, res)
         self.tracker.log_metrics(
             {"val/psnr": res.psnr, "val/ssim": res.ssim, "val/input_psnr": res.input_psnr}, state.step
         )
@@ -203,6 +211,25 @@ class Trainer:
         if state.best_psnr is None or res.psnr > state.best_psnr:  # same decision on every rank
             state.best_psnr, state.best_step = res.psnr, state.step
             self._export("best.pt", state, master_state_dict(self.engine))
+
+    def _record(self, state: LoopState, res: ValResult) -> None:
+        """Append one row to the learning curve and rewrite ``history.csv`` (rank 0, atomically)."""
+        loss = sum(self._since_val) / len(self._since_val) if self._since_val else float("nan")
+        self._since_val.clear()
+        self.history.append({
+            "step": state.step, "images": state.images, "train_seconds": round(state.train_seconds, 3),
+            "train_loss": loss, "val_psnr": res.psnr, "val_ssim": res.ssim, "input_psnr": res.input_psnr,
+            "input_ssim": res.input_ssim, "gain_psnr_db": res.psnr - res.input_psnr,
+            "gain_ssim": res.ssim - res.input_ssim,
+        })
+        if self.info.is_main:
+            write_history(self.history, self.history_path)
+
+    def _read_history(self, step: int) -> list[dict[str, float]]:
+        """The rows a resumed run already wrote, up to its checkpoint's step (later rows are redone)."""
+        if step == 0 or not self.history_path.is_file():
+            return []
+        return [r for r in read_history(self.history_path) if r["step"] <= step]
 
     def _export(self, name: str, state: LoopState, weights: dict[str, torch.Tensor]) -> Path | None:
         if not self.info.is_main:

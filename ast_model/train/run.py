@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from ast_model import create_model
+from ast_model.train.init import start_as_identity
 from ast_model.data.files import atomic_write_json
 from ast_model.train.checkpoints import CheckpointStore
 from ast_model.train.config import deepspeed_config
@@ -134,6 +135,8 @@ def train(
         store.clear()
 
     model = create_model(spec.model_name, **spec.model_kwargs)  # same seed: same init on every rank
+    if cfg.start_as_identity:
+        start_as_identity(model)
     if cfg.compile:  # compiles lazily at the first step of each patch size; validation stays eager
         model.compile_network(inference=False)
     torch.manual_seed(cfg.seed + 1 + info.rank)  # then a stream per rank (stochastic depth masks)

@@ -30,6 +30,7 @@ class ValResult:
         ssim: mean SSIM.
         count: images scored.
         input_psnr: mean PSNR of the degraded input (the baseline to beat).
+        input_ssim: mean SSIM of the degraded input.
         samples: ``(key, image)`` with image = input | restored | target side by side, uint8 HxWx3.
     """
 
@@ -37,6 +38,7 @@ class ValResult:
     ssim: float
     count: int
     input_psnr: float
+    input_ssim: float = float("nan")
     samples: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
@@ -76,7 +78,7 @@ def validate(
     """
     was_training = module.training
     module.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]  # psnr, ssim, count, input psnr
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # psnr, ssim, count, input psnr, input ssim
     kept: list[tuple[str, np.ndarray]] = []
     try:
         for i, sample in enumerate(samples):
@@ -92,6 +94,7 @@ def validate(
             sums[1] += ssim(out, tgt, y_channel=cfg.y_channel)
             sums[2] += 1
             sums[3] += min(psnr(inp, tgt, y_channel=cfg.y_channel), PSNR_CAP)
+            sums[4] += ssim(inp, tgt, y_channel=cfg.y_channel)
             if info.is_main and len(kept) < cfg.sample_images:
                 strip = np.concatenate([inp, out, tgt], axis=1)
                 kept.append((str(sample["key"]), np.rint(strip * 255).astype(np.uint8)))
@@ -100,5 +103,5 @@ def validate(
     total = all_sum(sums, info.device)
     n = int(total[2])
     if n == 0:
-        return ValResult(float("nan"), float("nan"), 0, float("nan"), kept)
-    return ValResult(total[0] / n, total[1] / n, n, total[3] / n, kept)
+        return ValResult(float("nan"), float("nan"), 0, float("nan"), float("nan"), kept)
+    return ValResult(total[0] / n, total[1] / n, n, total[3] / n, total[4] / n, kept)
