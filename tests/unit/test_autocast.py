@@ -10,8 +10,11 @@ tensor 4.4e-3, while the reference path's own bf16-vs-fp32 error has a median of
 under autocast is as close to the reference under autocast as autocast is to fp32. Stated bounds:
 
 - output: 1e-2;
-- every parameter gradient: 5e-2;
+- every parameter gradient: 5e-2, or twice the reference path's own bf16-vs-fp32 error on that tensor if
+  that is larger (autocast moves some small LayerNorm-bias gradients by 50-90 %; two bf16 runs that
+  round in a different order then differ by more than 5e-2 there: 8e-2 seen with one thread);
 - median over parameter gradients: at most 1.5x the median of (reference bf16 vs reference fp32).
+A wrong gradient formula or dtype breaks these by orders of magnitude, on most tensors at once.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ast_model.nn.functional import compute_dtype, gated_dw_tail, window_assa
 from tests.unit.test_model import _randomise
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
-OUT_TOL, GRAD_TOL, MEDIAN_FACTOR = 1e-2, 5e-2, 1.5
+OUT_TOL, GRAD_TOL, NOISE_FACTOR, MEDIAN_FACTOR = 1e-2, 5e-2, 2.0, 1.5
 # A small AST-B: its widths, heads and FRFN ratio, one block per stage instead of (1, 2, 8, 8, 2, 8, 8, 2, 1).
 SMALL_B = dict(depths=[1] * 9)
 
@@ -64,8 +67,8 @@ def test_bf16_autocast_train_step_matches_reference(name: str, overrides: dict) 
         assert g_fast[n].dtype == torch.float32, n  # fp32 parameters get fp32 gradients
         assert torch.isfinite(g_fast[n]).all(), n
         errors.append(_rel(g_fast[n], g))
-        assert errors[-1] < GRAD_TOL, (n, errors[-1])
         autocast_errors.append(_rel(g, g_fp32[n]))
+        assert errors[-1] < max(GRAD_TOL, NOISE_FACTOR * autocast_errors[-1]), (n, errors[-1], autocast_errors[-1])
     assert statistics.median(errors) <= MEDIAN_FACTOR * statistics.median(autocast_errors)
 
 
@@ -97,11 +100,16 @@ def test_whole_bf16_model_fast_matches_reference() -> None:
     x = torch.rand(2, 3, 128, 128, dtype=torch.bfloat16)
     out_fast, g_fast = _step(model, x, "fast", autocast=False)
     out_ref, g_ref = _step(model, x, "reference", autocast=False)
+    _, g_fp32 = _step(model.float(), x.float(), "reference", autocast=False)  # the same (bf16-rounded) weights
     assert out_fast.dtype == torch.bfloat16
     assert _rel(out_fast, out_ref) < OUT_TOL
-    errors = [_rel(g_fast[n], g) for n, g in g_ref.items()]
     assert all(g.dtype == torch.bfloat16 for g in g_fast.values())
-    assert max(errors) < 0.1 and statistics.median(errors) < 2e-2  # everything rounds to bf16 here
+    errors, bf16_errors = [], []
+    for n, g in g_ref.items():
+        errors.append(_rel(g_fast[n], g))
+        bf16_errors.append(_rel(g, g_fp32[n]))
+        assert errors[-1] < max(GRAD_TOL, NOISE_FACTOR * bf16_errors[-1]), (n, errors[-1], bf16_errors[-1])
+    assert statistics.median(errors) <= MEDIAN_FACTOR * statistics.median(bf16_errors)
 
 
 def _assa_reference(q, k, v, bias, w):
