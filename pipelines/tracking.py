@@ -93,8 +93,6 @@ def tracking_problem(uri: str | None = None, *, timeout_s: float = PROBE_TIMEOUT
     import urllib.parse
     import urllib.request
 
-    from ast_model.preflight import output_dir_problem
-
     uri = uri or tracking_uri()
     parsed = urllib.parse.urlparse(uri)
     local = f"sqlite:///{repo_root() / 'mlflow.db'}"
@@ -135,6 +133,8 @@ def tracking_problem(uri: str | None = None, *, timeout_s: float = PROBE_TIMEOUT
                 reason = str(getattr(inner, "strerror", None) or inner)
         waited = time.monotonic() - start
         return f"tracking server {uri} is unreachable ({reason}, after {waited:.1f} s): start it, or {how}"
+    from ast_model.preflight import output_dir_problem  # here, not above: it imports torch (seconds)
+
     if parsed.scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
         if path is None or not str(path):

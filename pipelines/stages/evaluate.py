@@ -36,13 +36,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ast_model.config import ConfigError, load_section, read_params
-
 GRID_GAP = 4  # white pixels between the three panels of a sample grid
 
 
 def _device(name: str) -> Any:
     import torch
+
+    from ast_model.config import ConfigError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,6 +54,8 @@ def _device(name: str) -> Any:
 
 def _summary(model_dir: Path) -> dict[str, Any]:
     """``summary.json`` of the training (empty when absent: weights copied by hand, no run id)."""
+    from ast_model.config import ConfigError
+
     path = model_dir / "summary.json"
     if not path.is_file():
         return {}
@@ -187,7 +189,7 @@ def preflight(
     Raises:
         PreflightError: every problem found, one per line.
     """
-    from ast_model.config import check_section
+    from ast_model.config import ConfigError, check_section, read_params
     from ast_model.data.shards import shard_problems
     from ast_model.eval.config import EvaluateConfig
     from ast_model.preflight import output_dir_problem
@@ -349,13 +351,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2: a problem to fix, reported before any image is restored)."""
-    from pipelines.errors import run_cli
-
     args = parse_args(argv)
     if args.local_store:
         from pipelines.tracking import use_local_store
 
         use_local_store()
+    if not args.no_mlflow:  # first, before torch is imported: a dead server is reported within seconds
+        from pipelines.tracking import tracking_problem
+
+        problem = tracking_problem(offline_hint="--no-mlflow")
+        if problem:
+            print(f"evaluate: {problem}", file=sys.stderr, flush=True)
+            return 2
+    from pipelines.errors import run_cli
 
     def body() -> int:
         run(args.params, profile=args.profile, section=args.section, shards=args.shards, models=args.models,

@@ -213,12 +213,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2: a problem to fix, nothing registered; 1: MLflow refused)."""
     from pipelines.errors import run_cli
     from pipelines.registry import RegistryError
+    from pipelines.tracking import tracking_problem
 
     args = parse_args(argv)
     if args.local_store:
         from pipelines.tracking import use_local_store
 
         use_local_store()
+    problem = tracking_problem()  # first: a dead server is reported within seconds, in one line
+    if problem:
+        print(f"register: {problem}", file=sys.stderr, flush=True)
+        return 2
 
     def body() -> int:
         try:

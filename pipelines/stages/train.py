@@ -28,14 +28,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ast_model.config import ConfigError, load_section, read_params
-
 STAGE_MODULE = "pipelines.stages.train"
 
 
 def _model(params: dict[str, Any], profile: str, name: str | None, overrides: dict[str, Any]) -> tuple[str, dict, int]:
     """(variant, create_model kwargs, pad multiple) from the ``model`` section and the profile's overrides."""
     from ast_model import model_config
+    from ast_model.config import ConfigError
 
     section = dict(params.get("model") or {})
     variant = name or section.pop("name", None)
@@ -76,7 +75,7 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     """
     import torch
 
-    from ast_model.config import check_section
+    from ast_model.config import ConfigError, check_section, read_params
     from ast_model.data.shards import shard_problems
     from ast_model.preflight import output_dir_problem
     from ast_model.train.config import TrainConfig, check_config, resolve_stages
@@ -135,7 +134,7 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
         problem = output_dir_problem(folder, what)
         if problem:
             problems.append(problem)
-    if getattr(args, "tracking", True):
+    if getattr(args, "tracking", True) and not getattr(args, "tracking_checked", False):
         problem = tracking_problem(offline_hint="--no-mlflow")
         if problem:
             problems.append(problem)
@@ -241,8 +240,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2: a problem to fix, nothing started; 3: non-finite loss)."""
-    from pipelines.errors import run_cli
-
     args = parse_args(argv)
     if args.local_store:
         from pipelines.tracking import use_local_store
@@ -250,6 +247,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         use_local_store()  # in the environment, so the workers inherit it
     if args.worker:
         return run_worker(args.worker, args.resume, tracking=args.tracking, debug=args.debug)
+    if args.tracking:
+        # First, before torch or DeepSpeed are even imported (seconds on a loaded machine): a dead server
+        # is reported within the probe's timeout, in one line.
+        from pipelines.tracking import tracking_problem
+
+        problem = tracking_problem(offline_hint="--no-mlflow")
+        if problem:
+            print(f"train: {problem}", file=sys.stderr, flush=True)
+            return 2
+        args.tracking_checked = True
+    from pipelines.errors import run_cli
+
     return run_cli("train", lambda: _launch(args), debug=args.debug)
 
 

@@ -1,0 +1,88 @@
+"""Issue 13, finding 2: a dead tracking server stops a stage in one line, in seconds, before anything starts.
+
+Real processes (the stages as a user runs them) against a real closed port on 127.0.0.1: a socket is bound
+to a free port and closed again, so nothing listens there and a connection is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ast_model import create_model, save_checkpoint
+from ast_model.data.files import encode_png
+from ast_model.data.shards import ShardSample, write_split
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {"embed_dim": 8, "depths": [1] * 9, "win_size": 4}
+BOUND_S = 15.0  # the issue's bound for the whole command, interpreter start-up included
+
+pytestmark = pytest.mark.integration
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed on exit: nothing listens there afterwards
+
+
+def _split(folder: Path, n: int, n_shards: int, size: int = 64, info: dict | None = None) -> None:
+    rng = np.random.default_rng(0)
+    records = [ShardSample(f"s{i:03d}", encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
+                           encode_png(im), {"width": size, "height": size}) for i in range(n)]
+    write_split(folder, records, lambda r: r, n_shards=n_shards, info=info or {})
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    params = {"model": {"name": "ast_t"},
+              "train": {"experiment": "dead", "dataset": "tiny", "model_overrides": TINY,
+                        "stages": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 2}]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _split(tmp_path / "data/shards/tiny/train", 4, 2)
+    _split(tmp_path / "data/shards/tiny/val", 1, 1)
+    _split(tmp_path / "data/shards/tiny/test", 2, 1, info={"dataset": "tiny", "task": "rain", "split": "test"})
+    (tmp_path / "models/dead").mkdir(parents=True)
+    torch.manual_seed(0)
+    save_checkpoint(create_model("ast_t", **TINY), tmp_path / "models/dead/final.pt")
+    return tmp_path
+
+
+def _run(project: Path, uri: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "AST_CACHE_DIR": str(project / "cache"),
+           "PYTHONPATH": str(REPO)}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=120)
+    return proc, time.monotonic() - start
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_a_dead_tracking_uri_fails_fast_in_one_line(project: Path, stage: str) -> None:
+    uri = f"http://127.0.0.1:{closed_port()}"
+    extra = ["--checkpoints", "ckpt"] if stage == "train" else ["--quiet"]
+    proc, seconds = _run(project, uri, f"pipelines.stages.{stage}", *extra)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr  # one line, no traceback
+    assert lines[0].startswith(f"{stage}: tracking server {uri} is unreachable (connection refused")
+    assert "--local-store" in lines[0] and "--no-mlflow" in lines[0]  # how to run without it
+    assert seconds < BOUND_S, f"{seconds:.1f} s"
+    assert not (project / "ckpt").exists() and not (project / "metrics").exists()  # nothing started
+
+
+def test_the_offline_options_get_past_the_dead_server(project: Path) -> None:
+    uri = f"http://127.0.0.1:{closed_port()}"
+    proc, _ = _run(project, uri, "pipelines.stages.train", "--checkpoints", "ckpt", "--check", "--no-mlflow")
+    assert proc.returncode == 0, proc.stderr
+    proc, _ = _run(project, uri, "pipelines.stages.train", "--checkpoints", "ckpt", "--check", "--local-store")
+    assert proc.returncode == 0, proc.stderr
