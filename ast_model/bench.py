@@ -37,14 +37,14 @@ from ast_model.bench_device import run as run_matrix
 CASES = ("t_fwd", "b_fwd", "t_step")
 
 
-def _run_case(case: str, impl: str, repeats: int, malloc_tuning: bool) -> dict:
+def _run_case(case: str, impl: str, repeats: int, malloc_tuning: bool, threads: int | None = None) -> dict:
     """Time one case in this process; returns times (s), peak RSS (MiB) and CPU time per run."""
     import ast_model
     from ast_model.runtime import set_threads, tune_malloc
     from ast_model.train.loss import charbonnier
 
     tuned = tune_malloc() if malloc_tuning else False
-    threads = set_threads()
+    threads = set_threads(threads)
     torch.manual_seed(0)
     if case == "t_step":
         model = ast_model.create_model("ast_t").train().set_impl(impl)
@@ -75,8 +75,10 @@ def _run_case(case: str, impl: str, repeats: int, malloc_tuning: bool) -> dict:
             "threads": threads, "malloc_tuned": tuned}
 
 
-def _spawn(case: str, impl: str, repeats: int, malloc_tuning: bool) -> dict:
+def _spawn(case: str, impl: str, repeats: int, malloc_tuning: bool, threads: int | None = None) -> dict:
     cmd = [sys.executable, "-m", "ast_model.bench", "--worker", case, impl, "--repeats", str(repeats)]
+    if threads:
+        cmd += ["--threads", str(threads)]
     if malloc_tuning:
         cmd.append("--malloc-tuning")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="alternate the impls this many times per case")
     ap.add_argument("--malloc-tuning", action="store_true",
                     help="fixed 1 MiB glibc mmap threshold: lower peak RSS, but slower (page faults)")
+    ap.add_argument("--threads", type=int, help="intra-op threads (default: every core; on a shared machine 1 "
+                    "thread keeps ratios stable, 2 threads stall on a busy core)")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     dev = ap.add_argument_group("device matrix (with --device)")
     dev.add_argument("--device", help="run the precision x compile matrix on this device (cuda, cuda:1, cpu)")
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                    backend=args.backend, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget_s)
         return 0
     if args.worker:
-        print(json.dumps(_run_case(*args.worker, args.repeats, args.malloc_tuning)))
+        print(json.dumps(_run_case(*args.worker, args.repeats, args.malloc_tuning, args.threads)))
         return 0
 
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict]] = {impl: [] for impl in args.impls}
         for _ in range(args.rounds):
             for impl in args.impls:
-                runs[impl].append(_spawn(case, impl, args.repeats, args.malloc_tuning))
+                runs[impl].append(_spawn(case, impl, args.repeats, args.malloc_tuning, args.threads))
         med = {}
         for impl, rs in runs.items():
             times = [t for r in rs for t in r["times"]]
