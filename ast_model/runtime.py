@@ -29,14 +29,7 @@ def tune_malloc(mmap_threshold: int = 1 << 20) -> bool:
     """
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return False
+    return _mallopt({_M_MMAP_THRESHOLD: mmap_threshold})
 
 
 def tune_allocator(mmap_threshold: int = _MMAP_THRESHOLD_MAX, trim_threshold: int = 1 << 30) -> bool:
@@ -60,14 +53,17 @@ def tune_allocator(mmap_threshold: int = _MMAP_THRESHOLD_MAX, trim_threshold: in
     """
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
+    return _mallopt({_M_MMAP_THRESHOLD: mmap_threshold, _M_TRIM_THRESHOLD: trim_threshold})
+
+
+def _mallopt(settings: dict[int, int]) -> bool:
+    """glibc ``mallopt`` for each ``param -> value``; False where it refuses or libc is not glibc."""
     name = ctypes.util.find_library("c")
     if not name:
         return False
     try:
         libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
-        )
+        return all(bool(libc.mallopt(param, int(value))) for param, value in settings.items())
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return False
 
