@@ -68,6 +68,6 @@ def test_a_short_run_beats_its_input_on_validation(tmp_path: Path, torch_extensi
         rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
     assert [int(r["step"]) for r in rows] == [30, 60]
     last = rows[-1]
-    assert last["val_psnr"] > last["input_psnr"] + 1.0, rows
+    assert last["val_psnr"] > last["input_psnr"] + 0.5, rows  # measured: +1.15 dB at step 60
     assert last["val_ssim"] > last["input_ssim"], rows
     assert last["gain_psnr_db"] == pytest.approx(last["val_psnr"] - last["input_psnr"])
