@@ -255,6 +255,8 @@ def _tile_bar(name: str, disable: bool) -> tuple[Callable[[int, int], None], Cal
             state["bar"] = tqdm(total=total, unit="tile", desc=name, leave=False, file=sys.stderr, position=1,
                                 dynamic_ncols=True)
         state["bar"].update(done - state["bar"].n)
+        if done == total:  # tqdm skips redraws within mininterval: show the finished count before it clears
+            state["bar"].refresh()
 
     def close() -> None:
         if "bar" in state:

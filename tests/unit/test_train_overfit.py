@@ -61,7 +61,7 @@ def test_ast_t_overfits_four_fixed_crops() -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     with torch.no_grad():
         gain = _psnr(model(x).clamp(0, 1), y) - _psnr(x, y)
