@@ -7,7 +7,7 @@ This copies the histories of several runs, one per task, into ``<out>/<task>.csv
 gain and SSIM gain panels).
 
 To measure curves on the *test* split, train with ``validation.split: test`` (the default pipeline
-validates on ``val``); README "Learning curves" has the commands.
+validates on ``val``); docs/training.md has the commands.
 
     python -m pipelines.curves --run rain=models/curve-rain/history.csv --run haze=... --out reports/learning_curves
 """
@@ -22,14 +22,14 @@ from typing import Sequence
 from ast_model.data.files import atomic_write_bytes
 from ast_model.train.history import read_history, write_history
 
+
 def plot(runs: dict[str, list[dict[str, float]]], path: str | Path, *, title: str = "") -> Path:
     """PSNR gain (dB) and SSIM gain against steps, one line per task, written atomically as PNG."""
-    import matplotlib
+    # A bare Figure renders with Agg and touches no global state (no pyplot, no backend switch).
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display; and never change a caller's backend: this runs in its own process
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    fig = Figure(figsize=(10, 3.8), constrained_layout=True)
+    axes = fig.subplots(1, 2)
     for task, rows in runs.items():
         steps = [r["step"] for r in rows]
         axes[0].plot(steps, [r["gain_psnr_db"] for r in rows], marker="o", label=task)
@@ -45,7 +45,6 @@ def plot(runs: dict[str, list[dict[str, float]]], path: str | Path, *, title: st
         fig.suptitle(title, fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
