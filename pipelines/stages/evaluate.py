@@ -189,25 +189,16 @@ def preflight(
     Raises:
         PreflightError: every problem found, one per line.
     """
-    from ast_model.config import ConfigError, check_section, read_params
+    from ast_model.config import ConfigError
     from ast_model.data.shards import shard_problems
     from ast_model.eval.config import EvaluateConfig
     from ast_model.preflight import output_dir_problem
-    from ast_model.train.config import TrainConfig
-    from pipelines.errors import PreflightError
+    from pipelines.errors import PreflightError, check_profile_and_section
     from pipelines.tracking import tracking_problem
 
-    raw = read_params(params)
     source = str(params)
-    problems: list[str] = []
-    if profile not in raw:
-        problems.append(f"no training section {profile!r} (the model to evaluate)")
-    train, found = check_section(TrainConfig, raw, profile, source=source)
-    problems += found if profile in raw else []
-    cfg, found = check_section(EvaluateConfig, raw, section, source=source)
-    problems += found
-    if cfg is not None:
-        problems += cfg.problems(section)
+    train, cfg, problems = check_profile_and_section(params, profile, section, EvaluateConfig,
+                                                     purpose="the model to evaluate")
     device = None
     if cfg is not None:
         try:
@@ -217,7 +208,7 @@ def preflight(
         if device is not None and cfg.precision != "fp32" and device.type != "cuda":
             problems.append(f"{section}.precision={cfg.precision} needs a CUDA device (evaluating on {device})")
     weights = summary = shard_dir = None
-    if train is not None and profile in raw:
+    if train is not None:
         model_dir = Path(models) / train.experiment
         try:
             summary = _summary(model_dir)

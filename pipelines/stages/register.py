@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ast_model.config import ConfigError, load_section, read_params
+from ast_model.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -114,26 +114,18 @@ def run(
         RegistryError: MLflow refused a step (logging, registering).
     """
     from ast_model.data.files import atomic_write_json
-    from ast_model.train.config import TrainConfig
     from pipelines import gate, registry
     from pipelines.tracking import client, run_for_stage
 
-    from ast_model.config import check_section
     from ast_model.preflight import output_dir_problem
-    from pipelines.errors import PreflightError
+    from pipelines.errors import PreflightError, check_profile_and_section
     from pipelines.tracking import tracking_problem
 
-    raw = read_params(params)
     source = str(params)
     # Pre-flight: every problem below is collected and reported together before MLflow is touched.
-    problems: list[str] = []
-    if profile not in raw:
-        problems.append(f"no training section {profile!r} (the model to register)")
-    train, found = check_section(TrainConfig, raw, profile, source=source)
-    problems += found if profile in raw else []
-    cfg, found = check_section(RegisterConfig, raw, section, source=source)
-    problems += found + (cfg.problems(section) if cfg is not None else [])
-    if train is not None and profile in raw:
+    train, cfg, problems = check_profile_and_section(params, profile, section, RegisterConfig,
+                                                     purpose="the model to register")
+    if train is not None:
         problem = output_dir_problem(Path(reports) / train.experiment, "reports folder (--reports)")
         problems += [problem] if problem else []
     problem = tracking_problem()  # registering needs the store: no offline option here
