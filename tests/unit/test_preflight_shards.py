@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 import ast_model.data.shards as shards_mod
-from ast_model.data.files import encode_png
-from ast_model.data.shards import ShardError, ShardSample, shard_problems, verify_shards, write_split
+from ast_model.data.shards import ShardError, shard_problems, verify_shards
+from tests.shards import write_tiny_split
 from pipelines.stages import train as train_stage
 
 GOOD = {
@@ -28,15 +27,6 @@ GOOD = {
     },
 }
 
-
-def _split(folder: Path, n: int, n_shards: int, size: int = 64) -> None:
-    rng = np.random.default_rng(0)
-    records = [
-        ShardSample(f"s{i:03d}", encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
-                    encode_png(im), {"width": size, "height": size})
-        for i in range(n)
-    ]
-    write_split(folder, records, lambda r: r, n_shards=n_shards, info={})
 
 
 def flip_byte(path: Path, offset: int = 700) -> None:
@@ -64,8 +54,8 @@ def cache_dir(tmp_path: Path, monkeypatch) -> Path:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    _split(tmp_path / "shards" / "tiny" / "train", 4, 2)
-    _split(tmp_path / "shards" / "tiny" / "val", 2, 2)
+    write_tiny_split(tmp_path / "shards" / "tiny" / "train", 4, 2)
+    write_tiny_split(tmp_path / "shards" / "tiny" / "val", 2, 2)
     return tmp_path
 
 

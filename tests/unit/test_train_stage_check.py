@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from ast_model.data.files import encode_png
-from ast_model.data.shards import ShardSample, write_split
+from tests.shards import write_tiny_split
 from pipelines.stages import train as stage
 
 GOOD = {
@@ -23,20 +21,11 @@ GOOD = {
 }
 
 
-def _split(folder: Path, n: int, n_shards: int, size: int = 64) -> None:
-    rng = np.random.default_rng(0)
-    records = [
-        ShardSample(f"s{i:03d}", encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
-                    encode_png(im), {"width": size, "height": size})
-        for i in range(n)
-    ]
-    write_split(folder, records, lambda r: r, n_shards=n_shards, info={})
-
 
 @pytest.fixture()
 def repo(tmp_path: Path) -> Path:
-    _split(tmp_path / "shards" / "tiny" / "train", 4, 2)
-    _split(tmp_path / "shards" / "tiny" / "val", 1, 1)
+    write_tiny_split(tmp_path / "shards" / "tiny" / "train", 4, 2)
+    write_tiny_split(tmp_path / "shards" / "tiny" / "val", 1, 1)
     return tmp_path
 
 
