@@ -26,7 +26,7 @@ class ConfigError(ValueError):
     """A params file or section that does not match its typed config.
 
     Attributes:
-        problems: one line per problem, each naming its dotted key (``train_p1.stages[0].lr``), without
+        problems: one line per problem, each naming its dotted key (``train_p1.phases[0].lr``), without
             the file; a message with several lines is split into several problems.
         source: the params file the problems are in ("" when unknown).
     """

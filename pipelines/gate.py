@@ -3,7 +3,7 @@
 A version's test result travels with it as ``test.*`` tags (:class:`Score`); :func:`decide` compares a new
 version's score with the champion's, like for like (same dataset, split, metric protocol, Y/RGB, crop and
 test images), and explains its decision in words that are stored on the version. No MLflow here:
-:mod:`pipelines.registry` reads and writes the tags and the alias.
+:mod:`pipelines.model_registry` reads and writes the tags and the alias.
 """
 
 from __future__ import annotations

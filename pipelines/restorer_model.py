@@ -1,6 +1,6 @@
 """The registered model's code: an MLflow pyfunc that restores one image (MLflow "models from code").
 
-This file is not imported by the pipeline. :mod:`pipelines.registry` hands its *path* to
+This file is not imported by the pipeline. :mod:`pipelines.model_registry` hands its *path* to
 ``mlflow.pyfunc.save_model(python_model=...)``; MLflow copies it into the model folder and executes it when
 the model is loaded (``mlflow.pyfunc.load_model``, ``mlflow models serve``). That is why it ends with
 ``set_model(...)`` at module level: it is MLflow's entry point, not an import side effect of the project.
@@ -39,7 +39,7 @@ class ImageRestorer(PythonModel):
         self.model = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], map_location=self.device)
 
     # ``model_input`` has no type hint on purpose: MLflow turns that hint into input validation, and the
-    # only accepted form, ``list[...]``, rejects the array the signature (``pipelines.registry``) defines.
+    # only accepted form, ``list[...]``, rejects the array the signature (``pipelines.model_registry``) defines.
     # The price is MLflow's one-line "Add type hints to the `predict` method" warning when it loads this.
     def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
         """Restore one ``(H, W, 3)`` float image in [0, 1]; returns the same shape, float32 in [0, 1]."""

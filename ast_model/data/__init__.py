@@ -9,7 +9,7 @@ without webdataset installed):
 * ``manifest``, ``build``: the bodies of the ``prepare`` and ``shard`` stages.
 * ``shards``: shard writing, ``index.json`` and verification (``verify_shards``).
 * ``loaders``: ``make_train_loader`` and ``make_eval_loader``; ``transforms``: paired crop and flips.
-* ``schedule``: ``PatchStage`` and ``stage_at`` (progressive patch sizes).
+* ``schedule``: ``PatchPhase`` and ``phase_at`` (progressive patch sizes).
 * ``config``: the typed ``data``, ``prepare`` and ``shard`` params sections.
-* ``bench``: ``python -m ast_model.data.bench``.
+* ``bench``: ``python -m ast_model.data.loader_bench``.
 """

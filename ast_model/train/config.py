@@ -1,7 +1,7 @@
 """The ``train`` section of params.yaml as typed dataclasses, its resolution, and the DeepSpeed config.
 
 A profile (``train``, ``train_spad``, ...) is read with the project's one loader
-(:func:`ast_model.config.load_section`, strict). :func:`resolve_stages` then turns epochs into steps and
+(:func:`ast_model.config.load_section`, strict). :func:`resolve_phases` then turns epochs into steps and
 global batches into per-rank micro batches for a given world size, and :func:`check_config` collects every
 problem that can be found before a process starts (batch sizes that don't divide, more ranks than
 shards, fp16 without a GPU, ...). :func:`deepspeed_config` builds the DeepSpeed JSON, computing
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ast_model.config import ConfigError
-from ast_model.data.schedule import PatchStage
+from ast_model.data.phases import PatchPhase
 
 # fp32: everything fp32. bf16 / fp16: DeepSpeed's whole-model half precision (the module's weights are
 # bf16 / fp16 copies, fp32 masters in the optimizer; fp16 with dynamic loss scaling). autocast_bf16 /
@@ -27,16 +27,16 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "autocast_bf16", "autocas
 
 
 @dataclass(frozen=True)
-class StageConfig:
-    """One progressive-training stage (the official recipe's separate ``--retrain`` runs, here one run).
+class PhaseConfig:
+    """One progressive-training phase (the official recipe's separate ``--retrain`` runs, here one run).
 
     Attributes:
         patch_size: square training crop side in pixels.
         batch_size: global batch = images per optimizer step over all ranks (the paper's ``--batch_size``,
             which DataParallel split over its GPUs). Each rank gets ``batch_size / (world x grad_accum)``.
-        lr: peak learning rate of this stage (the official ``--lr_initial`` of that stage).
-        steps: stage length in optimizer steps; or
-        epochs: stage length in passes over the training set (converted with ceil(N / batch_size) steps
+        lr: peak learning rate of this phase (the official ``--lr_initial`` of that phase).
+        steps: phase length in optimizer steps; or
+        epochs: phase length in passes over the training set (converted with ceil(N / batch_size) steps
             per epoch, as the official loader with drop_last=False). Give exactly one of the two.
     """
 
@@ -58,9 +58,9 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Per-stage linear warm-up, then cosine down to ``min_lr`` by the end of the stage, every step.
+    """Per-phase linear warm-up, then cosine down to ``min_lr`` by the end of the phase, every step.
 
-    Give at most one of ``warmup_steps`` / ``warmup_epochs`` (official: 3 epochs, per stage).
+    Give at most one of ``warmup_steps`` / ``warmup_epochs`` (official: 3 epochs, per phase).
     """
 
     warmup_steps: int | None = None
@@ -73,7 +73,7 @@ class ValidationConfig:
     """Validation during training (PSNR / SSIM from :mod:`ast_model.eval.metrics`).
 
     Attributes:
-        every_steps: validate every N optimizer steps (0: only at the end of each stage).
+        every_steps: validate every N optimizer steps (0: only at the end of each phase).
         split: shard split to validate on (``data/shards/<dataset>/<split>``); None: no validation.
         max_images: use only the first N images (None: all).
         crop: centre crop side in pixels (official AGAN / Dense-Haze validation), None: full images.
@@ -93,7 +93,7 @@ class ValidationConfig:
 class LaunchConfig:
     """How the workers start. ``nnodes``, ``node_rank``, ``master_addr``, ``master_port`` and
     ``nproc_per_node`` can also come from the environment (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT,
-    NPROC_PER_NODE) or the stage's command line, which win in that order over params.
+    NPROC_PER_NODE) or the phase's command line, which win in that order over params.
 
     Attributes:
         launcher: ``torchrun`` or ``deepspeed``; ``none`` runs one worker in-process (world size 1);
@@ -118,14 +118,14 @@ class LaunchConfig:
 class TrainConfig:
     """One training profile (a top-level ``train*`` section of params.yaml).
 
-    Paths are not params (the stage takes them as arguments; dvc.yaml names them): by default the
+    Paths are not params (the DVC stage takes them as arguments; dvc.yaml names them): by default the
     stage reads ``data/shards/<dataset>/{train,<validation.split>}`` and writes ``models/<experiment>/``
     (final and best weights in the project checkpoint format, the resolved config, a summary) and
     ``checkpoints/<experiment>/`` (DeepSpeed checkpoints for resume; kept out of the DVC output so a
     crashed ``dvc repro`` can resume and DVC does not cache optimizer states).
     """
 
-    stages: list[StageConfig]
+    phases: list[PhaseConfig]
     experiment: str = "default"
     dataset: str = "embedded_rain"
     model: str | None = None  # None: the `model` section's variant
@@ -167,17 +167,17 @@ def _plain(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class ResolvedStage:
-    """A stage with every number the loop needs, for one world size.
+class ResolvedPhase:
+    """A phase with every number the loop needs, for one world size.
 
     Attributes:
-        index: 0-based stage number.
+        index: 0-based phase number.
         patch_size: crop side.
         global_batch: images per optimizer step over all ranks.
         micro_batch: images per forward pass on one rank.
-        steps: optimizer steps in this stage.
+        steps: optimizer steps in this phase.
         lr: peak learning rate.
-        warmup_steps: linear warm-up length at the start of the stage.
+        warmup_steps: linear warm-up length at the start of the phase.
     """
 
     index: int
@@ -188,13 +188,13 @@ class ResolvedStage:
     lr: float
     warmup_steps: int
 
-    def patch_stage(self) -> PatchStage:
-        """The data side's view of this stage (patch, per-rank micro batch, steps)."""
-        return PatchStage(self.patch_size, self.micro_batch, self.steps)
+    def patch_phase(self) -> PatchPhase:
+        """The data side's view of this phase (patch, per-rank micro batch, steps)."""
+        return PatchPhase(self.patch_size, self.micro_batch, self.steps)
 
 
-def resolve_stages(cfg: TrainConfig, *, world_size: int, train_samples: int | None) -> list[ResolvedStage]:
-    """Turn the configured stages into steps and per-rank micro batches.
+def resolve_phases(cfg: TrainConfig, *, world_size: int, train_samples: int | None) -> list[ResolvedPhase]:
+    """Turn the configured phases into steps and per-rank micro batches.
 
     Args:
         cfg: the training profile.
@@ -202,16 +202,16 @@ def resolve_stages(cfg: TrainConfig, *, world_size: int, train_samples: int | No
         train_samples: size of the training set (needed only for ``epochs`` / ``warmup_epochs``).
 
     Returns:
-        One :class:`ResolvedStage` per configured stage.
+        One :class:`ResolvedPhase` per configured phase.
 
     Raises:
         ConfigError: the first problem found; :func:`check_config` reports all of them.
     """
-    problems = _stage_problems(cfg, world_size=world_size, train_samples=train_samples)
+    problems = _phase_problems(cfg, world_size=world_size, train_samples=train_samples)
     if problems:
         raise ConfigError("; ".join(problems))
     out = []
-    for i, st in enumerate(cfg.stages):
+    for i, st in enumerate(cfg.phases):
         per_epoch = math.ceil(train_samples / st.batch_size) if train_samples else 0
         steps = st.steps if st.steps is not None else max(1, round(st.epochs * per_epoch))
         if cfg.schedule.warmup_epochs is not None:
@@ -219,7 +219,7 @@ def resolve_stages(cfg: TrainConfig, *, world_size: int, train_samples: int | No
         else:
             warm = cfg.schedule.warmup_steps or 0
         out.append(
-            ResolvedStage(
+            ResolvedPhase(
                 index=i,
                 patch_size=st.patch_size,
                 global_batch=st.batch_size,
@@ -232,22 +232,22 @@ def resolve_stages(cfg: TrainConfig, *, world_size: int, train_samples: int | No
     return out
 
 
-def _stage_problems(cfg: TrainConfig, *, world_size: int, train_samples: int | None, section: str = "train") -> list[str]:
+def _phase_problems(cfg: TrainConfig, *, world_size: int, train_samples: int | None, section: str = "train") -> list[str]:
     problems = []
-    if not cfg.stages:
-        problems.append(f"{section}.stages is empty: give at least one {{patch_size, batch_size, lr, steps|epochs}}")
+    if not cfg.phases:
+        problems.append(f"{section}.phases is empty: give at least one {{patch_size, batch_size, lr, steps|epochs}}")
     if cfg.grad_accum < 1:
         problems.append(f"{section}.grad_accum={cfg.grad_accum} must be >= 1")
     if cfg.schedule.warmup_steps is not None and cfg.schedule.warmup_epochs is not None:
         problems.append(f"{section}.schedule: give warmup_steps or warmup_epochs, not both")
     needs_samples = cfg.schedule.warmup_epochs is not None
     per_rank = world_size * max(cfg.grad_accum, 1)
-    for i, st in enumerate(cfg.stages):
-        key = f"{section}.stages[{i}]"
+    for i, st in enumerate(cfg.phases):
+        key = f"{section}.phases[{i}]"
         if (st.steps is None) == (st.epochs is None):
             problems.append(f"{key}: give exactly one of steps / epochs")
         elif (st.steps is not None and st.steps < 1) or (st.epochs is not None and st.epochs <= 0):
-            problems.append(f"{key}: the stage length must be positive")
+            problems.append(f"{key}: the phase length must be positive")
         needs_samples |= st.epochs is not None
         if st.patch_size < 1 or st.batch_size < 1 or st.lr <= 0:
             problems.append(f"{key}: patch_size, batch_size and lr must be positive")
@@ -288,7 +288,7 @@ def check_config(
     Returns:
         Human-readable problems, each naming the key.
     """
-    problems = _stage_problems(cfg, world_size=world_size, train_samples=train_samples, section=section)
+    problems = _phase_problems(cfg, world_size=world_size, train_samples=train_samples, section=section)
     if num_shards is not None:
         readers = world_size * max(cfg.num_workers, 1)
         if readers > num_shards:
@@ -316,10 +316,10 @@ def check_config(
     if cfg.grad_clip < 0:
         problems.append(f"{section}.grad_clip must be >= 0 (0 = off)")
     if pad_multiple:
-        for i, st in enumerate(cfg.stages):
+        for i, st in enumerate(cfg.phases):
             if st.patch_size % pad_multiple:
                 problems.append(
-                    f"{section}.stages[{i}].patch_size={st.patch_size} is not a multiple of the model's pad multiple "
+                    f"{section}.phases[{i}].patch_size={st.patch_size} is not a multiple of the model's pad multiple "
                     f"{pad_multiple} (16 x win_size): every step would train on padding"
                 )
     return problems
@@ -330,8 +330,8 @@ def deepspeed_config(cfg: TrainConfig, *, micro_batch: int, world_size: int, lr:
 
     Args:
         cfg: the training profile.
-        micro_batch: per-rank batch of the first stage. DeepSpeed uses it only for bookkeeping; later
-            stages feed their own micro batch (gradient scaling depends on ``grad_accum`` only).
+        micro_batch: per-rank batch of the first phase. DeepSpeed uses it only for bookkeeping; later
+            phases feed their own micro batch (gradient scaling depends on ``grad_accum`` only).
         world_size: total processes.
         lr: initial learning rate written into the optimizer (the loop sets the LR every step).
 

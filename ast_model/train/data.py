@@ -13,14 +13,14 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 
-from ast_model.train.config import ResolvedStage
+from ast_model.train.config import ResolvedPhase
 
 
 class TrainData(Protocol):
     """The loop's view of the data."""
 
-    def train_batches(self, stage: ResolvedStage, *, epoch: int, batches: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """``batches`` micro batches ``(input, target)`` of ``stage``'s patch and micro batch size."""
+    def train_batches(self, phase: ResolvedPhase, *, start_step: int, batches: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """``batches`` micro batches ``(input, target)`` of ``phase``'s patch and micro batch size."""
         ...
 
     def val_samples(self) -> Iterable[dict[str, Any]]:
@@ -50,24 +50,24 @@ class ShardData:
         self.seed, self.num_workers, self.rank, self.world_size = seed, num_workers, rank, world_size
         # Check this rank's shards once (sha256), not at every segment's loader, and every validation
         # shard too: a corrupt one must stop the run before step 1, not at the first validation after
-        # the work since the last checkpoint (the stage's pre-flight already hashed them: cached here).
+        # the work since the last checkpoint (the train stage's pre-flight already hashed them: cached here).
         urls = [s["name"] for s in read_index(self.train_dir)["shards"]]
         verify_shards(self.train_dir, names=urls[rank::world_size])
         if self.val_dir is not None:
             verify_shards(self.val_dir)
 
-    def train_batches(self, stage: ResolvedStage, *, epoch: int, batches: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, phase: ResolvedPhase, *, start_step: int, batches: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """See :class:`TrainData`."""
         from ast_model.data.loaders import make_train_loader
 
         return make_train_loader(
             self.train_dir,
-            patch_size=stage.patch_size,
-            batch_size=stage.micro_batch,
+            patch_size=phase.patch_size,
+            batch_size=phase.micro_batch,
             batches_per_epoch=batches,
             num_workers=self.num_workers,
             seed=self.seed,
-            epoch=epoch,
+            epoch=start_step,  # the loader reseeds per epoch; counting it in steps makes a resume replay the same batches
             rank=self.rank,
             world_size=self.world_size,
             verify=False,
@@ -100,10 +100,10 @@ class SyntheticData:
         noisy = (target + 0.1 * torch.randn(shape, generator=gen)).clamp(0, 1)
         return noisy, target
 
-    def train_batches(self, stage: ResolvedStage, *, epoch: int, batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, phase: ResolvedPhase, *, start_step: int, batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """See :class:`TrainData`."""
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_009 + self.rank)
-        shape = (stage.micro_batch, 3, stage.patch_size, stage.patch_size)
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + start_step) * 1_009 + self.rank)
+        shape = (phase.micro_batch, 3, phase.patch_size, phase.patch_size)
         for _ in range(batches):
             yield self._pair(gen, shape)
 

@@ -1,6 +1,6 @@
-"""The training loop: progressive stages as one run, validation, checkpoints, NaN guard, progress.
+"""The training loop: progressive phases as one run, validation, checkpoints, NaN guard, progress.
 
-Steps are grouped in *segments* that end at every ``save_every`` multiple and at every stage end. Each
+Steps are grouped in *segments* that end at every ``save_every`` multiple and at every phase end. Each
 segment gets a fresh loader seeded by its first step, and each ends with a checkpoint, so a run resumed
 from any checkpoint sees the same batches, LR and RNG draws as the uninterrupted run (bit-identical
 weights in deterministic mode).
@@ -18,14 +18,14 @@ from typing import Any, Iterator
 import torch
 from tqdm import tqdm
 
-from ast_model.data.schedule import stage_at
-from ast_model.train.checkpoints import CheckpointStore
+from ast_model.data.phases import phase_at
+from ast_model.train.resume import CheckpointStore
 from ast_model.train.data import TrainData
 from ast_model.train.distributed import DistInfo, all_sum
 from ast_model.train.history import HISTORY_FILE, read_history, write_history
 from ast_model.train.engine import compute_dtype, export_weights, master_state_dict, set_lr
 from ast_model.train.loss import build_loss
-from ast_model.train.schedule import lr_at
+from ast_model.train.lr_schedule import lr_at
 from ast_model.train.spec import RunSpec
 from ast_model.train.tracker import Tracker
 from ast_model.train.validate import ValResult, validate
@@ -72,7 +72,7 @@ class Trainer:
     ) -> None:
         self.spec, self.cfg, self.engine, self.data = spec, spec.train, engine, data
         self.store, self.tracker, self.info = store, tracker, info
-        self.patch_stages = [s.patch_stage() for s in spec.stages]
+        self.patch_phases = [s.patch_phase() for s in spec.phases]
         self.dtype = compute_dtype(engine)
         self.loss_fn = build_loss(self.cfg.loss, self.cfg.loss_eps)
         self.last_val: ValResult | None = None
@@ -83,7 +83,7 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self, state: LoopState) -> LoopState:
-        """Train from ``state`` to the end of the last stage, then export the final weights."""
+        """Train from ``state`` to the end of the last phase, then export the final weights."""
         total = self.spec.total_steps
         self.history = self._read_history(state.step)
         # In a log file (DVC, Prefect, a scheduler) a bar redrawn every second would flood it.
@@ -99,38 +99,38 @@ class Trainer:
         return state
 
     def _segment(self, state: LoopState, bar: tqdm) -> None:
-        """Steps up to the next checkpoint (a ``save_every`` multiple or the stage end), then save."""
-        index, _, in_stage = stage_at(self.patch_stages, state.step)
-        stage = self.spec.stages[index]
-        stage_end = state.step - in_stage + stage.steps
-        seg_end = min(stage_end, (state.step // self.cfg.save_every + 1) * self.cfg.save_every)
+        """Steps up to the next checkpoint (a ``save_every`` multiple or the phase end), then save."""
+        index, _, in_phase = phase_at(self.patch_phases, state.step)
+        phase = self.spec.phases[index]
+        phase_end = state.step - in_phase + phase.steps
+        seg_end = min(phase_end, (state.step // self.cfg.save_every + 1) * self.cfg.save_every)
         accum = self.cfg.grad_accum
-        batches = iter(self.data.train_batches(stage, epoch=state.step, batches=(seg_end - state.step) * accum))
+        batches = iter(self.data.train_batches(phase, start_step=state.step, batches=(seg_end - state.step) * accum))
         tick = time.perf_counter()
         window_start, window_steps = tick, 0
         for step in range(state.step, seg_end):
-            loss = self._optimizer_step(batches, stage.index, step)
+            loss = self._optimizer_step(batches, phase.index, step)
             now = time.perf_counter()
             state.train_seconds += now - tick
             tick = now
-            state.step, state.images = step + 1, state.images + stage.global_batch
+            state.step, state.images = step + 1, state.images + phase.global_batch
             self._window.append(loss)
             self._since_val.append(loss)
             window_steps += 1
             bar.update(1)
             if state.step % self.cfg.log_every == 0 or state.step == seg_end:
-                self._log_train(state, stage.index, window_steps / max(now - window_start, 1e-9), bar)
+                self._log_train(state, phase.index, window_steps / max(now - window_start, 1e-9), bar)
                 window_start, window_steps = time.perf_counter(), 0
             every = self.cfg.validation.every_steps
-            if (every and state.step % every == 0) or state.step == stage_end:
+            if (every and state.step % every == 0) or state.step == phase_end:
                 self._validate(state)
                 tick = window_start = time.perf_counter()  # validation is not training time
                 window_steps = 0
         self.store.save(self.engine, state.step, asdict(state), keep=self.cfg.keep_checkpoints)
 
-    def _optimizer_step(self, batches: Iterator, stage_index: int, step: int) -> float:
+    def _optimizer_step(self, batches: Iterator, phase_index: int, step: int) -> float:
         """One optimizer step (``grad_accum`` micro batches); returns the loss averaged over ranks."""
-        lr = lr_at(self.spec.stages, step, floor=self.cfg.schedule.min_lr)
+        lr = lr_at(self.spec.phases, step, floor=self.cfg.schedule.min_lr)
         set_lr(self.engine, lr)
         total = 0.0
         for _ in range(self.cfg.grad_accum):
@@ -147,17 +147,17 @@ class Trainer:
             # every rank stops at the same step instead of some waiting forever in the next all-reduce.
             loss_sum, bad = all_sum([value if finite else 0.0, 0.0 if finite else 1.0], self.info.device)
             if bad:
-                self._non_finite(step, stage_index, lr, int(bad), value)
+                self._non_finite(step, phase_index, lr, int(bad), value)
             self.engine.backward(loss)
             self.engine.step()
             total += loss_sum / self.info.world_size
         return total / self.cfg.grad_accum
 
-    def _non_finite(self, step: int, stage_index: int, lr: float, ranks: int, value: float) -> None:
+    def _non_finite(self, step: int, phase_index: int, lr: float, ranks: int, value: float) -> None:
         marker = self.store.marker()
         last = f"{self.store.root / marker['tag']} (step {marker['step']})" if marker else "none (no checkpoint yet)"
         msg = (
-            f"non-finite loss at step {step + 1} (stage {stage_index}, lr {lr:.3g}) on {ranks} of "
+            f"non-finite loss at step {step + 1} (phase {phase_index}, lr {lr:.3g}) on {ranks} of "
             f"{self.info.world_size} rank(s) (this rank: {value}); training stopped without saving. "
             f"Last good checkpoint: {last}. {self._non_finite_hint()}"
         )
@@ -166,7 +166,7 @@ class Trainer:
     def _non_finite_hint(self) -> str:
         """What to change, under the profile's own section; fp32 is suggested only to a half-precision run."""
         section = self.spec.profile
-        fixes = [f"lower the stage lr ({section}.stages[].lr)"]
+        fixes = [f"lower the phase lr ({section}.phases[].lr)"]
         if not self.cfg.grad_clip:
             fixes.append(f"set {section}.grad_clip (e.g. 1.0)")
         else:
@@ -176,21 +176,21 @@ class Trainer:
         return "Fix: " + ", or ".join(fixes) + "."
 
     # -- reporting ----------------------------------------------------------------------------------
-    def _log_train(self, state: LoopState, stage_index: int, steps_per_s: float, bar: tqdm) -> None:
+    def _log_train(self, state: LoopState, phase_index: int, steps_per_s: float, bar: tqdm) -> None:
         loss = sum(self._window) / max(len(self._window), 1)
         self._window.clear()
-        stage = self.spec.stages[stage_index]
+        phase = self.spec.phases[phase_index]
         remaining = self.spec.total_steps - state.step
         metrics = {
             "train/loss": loss,
-            "train/lr": lr_at(self.spec.stages, state.step - 1, floor=self.cfg.schedule.min_lr),
+            "train/lr": lr_at(self.spec.phases, state.step - 1, floor=self.cfg.schedule.min_lr),
             "train/steps_per_s": steps_per_s,
-            "train/images_per_s": steps_per_s * stage.global_batch,
+            "train/images_per_s": steps_per_s * phase.global_batch,
             "train/eta_s": remaining / steps_per_s if steps_per_s > 0 else float("nan"),
-            "train/stage": float(stage_index),
-            "train/patch_size": float(stage.patch_size),
+            "train/phase": float(phase_index),
+            "train/patch_size": float(phase.patch_size),
         }
-        bar.set_postfix(stage=stage_index, loss=f"{loss:.4f}", lr=f"{metrics['train/lr']:.2e}",
+        bar.set_postfix(phase=phase_index, loss=f"{loss:.4f}", lr=f"{metrics['train/lr']:.2e}",
                         img_s=f"{metrics['train/images_per_s']:.1f}", refresh=False)
         self.tracker.log_metrics(metrics, state.step)
 

@@ -18,13 +18,13 @@ import torch
 from ast_model import create_model
 from ast_model.train.init import start_as_identity
 from ast_model.data.files import atomic_write_json
-from ast_model.train.checkpoints import CheckpointStore
+from ast_model.train.resume import CheckpointStore
 from ast_model.train.config import deepspeed_config
 from ast_model.train.data import ShardData, TrainData
 from ast_model.train.distributed import DistInfo, broadcast_object, init_distributed, seed_everything
 from ast_model.train.engine import build_engine
 from ast_model.train.loop import LoopState, NonFiniteLossError, Trainer
-from ast_model.train.schedule import lr_at
+from ast_model.train.lr_schedule import lr_at
 from ast_model.train.spec import RunSpec, changed_keys
 from ast_model.train.tracker import NullTracker, Tracker
 
@@ -140,8 +140,8 @@ def train(
     if cfg.compile:  # compiles lazily at the first step of each patch size; validation stays eager
         model.compile_network(inference=False)
     torch.manual_seed(cfg.seed + 1 + info.rank)  # then a stream per rank (stochastic depth masks)
-    ds_config = deepspeed_config(cfg, micro_batch=spec.stages[0].micro_batch, world_size=info.world_size,
-                                 lr=lr_at(spec.stages, 0, floor=cfg.schedule.min_lr))
+    ds_config = deepspeed_config(cfg, micro_batch=spec.phases[0].micro_batch, world_size=info.world_size,
+                                 lr=lr_at(spec.phases, 0, floor=cfg.schedule.min_lr))
     engine = build_engine(model, ds_config)
     state = LoopState()
     if marker is not None:

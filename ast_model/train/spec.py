@@ -1,6 +1,6 @@
 """A fully resolved training run: what the launcher hands to every worker, as one JSON file.
 
-The training stage validates params, resolves stages for the world size and paths, and writes a
+The training phase validates params, resolves phases for the world size and paths, and writes a
 :class:`RunSpec`; the workers read it back, so every rank trains exactly what was validated. Its
 :meth:`RunSpec.fingerprint` decides whether existing checkpoints belong to this run (resume) or to an
 older configuration (start fresh).
@@ -17,7 +17,7 @@ from typing import Any
 
 from ast_model.config import from_dict
 from ast_model.data.files import atomic_write_json
-from ast_model.train.config import ResolvedStage, TrainConfig
+from ast_model.train.config import ResolvedPhase, TrainConfig
 
 # Keys that change how a run is watched or launched, not what it computes: they may differ on resume.
 # (The world size, which changes the data split, is fingerprinted on its own.)
@@ -34,7 +34,7 @@ class RunSpec:
         profile: the params section it came from (``train``, ``train_spad``, ...).
         model_name: registered variant.
         model_kwargs: overrides passed to ``create_model`` (the ``model`` section + the profile's).
-        stages: stages resolved for ``world_size``.
+        phases: phases resolved for ``world_size``.
         world_size: total processes.
         train_dir: training shard folder (absolute).
         val_dir: validation shard folder (absolute), or None.
@@ -47,7 +47,7 @@ class RunSpec:
     profile: str
     model_name: str
     model_kwargs: dict[str, Any]
-    stages: list[ResolvedStage]
+    phases: list[ResolvedPhase]
     world_size: int
     train_dir: str
     val_dir: str | None
@@ -57,14 +57,14 @@ class RunSpec:
 
     @property
     def total_steps(self) -> int:
-        """Optimizer steps over all stages."""
-        return sum(s.steps for s in self.stages)
+        """Optimizer steps over all phases."""
+        return sum(s.steps for s in self.phases)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (inverse of :meth:`from_dict`)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["train"] = self.train.to_dict()
-        d["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        d["phases"] = [dataclasses.asdict(s) for s in self.phases]
         return json.loads(json.dumps(d))
 
     @classmethod
@@ -72,7 +72,7 @@ class RunSpec:
         """Rebuild from :meth:`to_dict` (the train section is re-checked strictly)."""
         d = dict(d)
         d["train"] = from_dict(TrainConfig, d["train"], prefix="train")
-        d["stages"] = [ResolvedStage(**s) for s in d["stages"]]
+        d["phases"] = [ResolvedPhase(**s) for s in d["phases"]]
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
@@ -92,7 +92,7 @@ class RunSpec:
             "train": train,
             "model_name": self.model_name,
             "model_kwargs": self.model_kwargs,
-            "stages": [dataclasses.asdict(s) for s in self.stages],
+            "phases": [dataclasses.asdict(s) for s in self.phases],
             "world_size": self.world_size,
             "data": self.tags.get("data.train_index_sha256"),
         }

@@ -204,7 +204,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2: a problem to fix, nothing registered; 1: MLflow refused)."""
     from pipelines.errors import run_cli
-    from pipelines.registry import RegistryError
+    from pipelines.model_registry import RegistryError
     from pipelines.tracking import tracking_problem
 
     args = parse_args(argv)

@@ -62,7 +62,7 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     """Read, check and resolve everything; no process is started, no server contacted beyond a probe.
 
     Pre-flight, all collected into one report: every key of the profile (unknown, mistyped, out of range:
-    named under the profile's own section, e.g. ``train_p1.stages[0].lr``), the shard indexes, every shard
+    named under the profile's own section, e.g. ``train_p1.phases[0].lr``), the shard indexes, every shard
     of the training and validation splits against its index (size + sha256; hashed once and cached, see
     :func:`ast_model.data.shards.shard_problems`), the output folders, and the tracking store (a server is
     asked once with a short timeout).
@@ -78,7 +78,7 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     from ast_model.config import ConfigError, check_section, read_params
     from ast_model.data.shards import shard_problems
     from ast_model.preflight import output_dir_problem
-    from ast_model.train.config import TrainConfig, check_config, resolve_stages
+    from ast_model.train.config import TrainConfig, check_config, resolve_phases
     from ast_model.train.spec import RunSpec
     from pipelines.errors import PreflightError
     from pipelines.launch import resolve_launch, world_size
@@ -126,8 +126,8 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
                              section=profile)
     if index and index.get("min_height"):
         smallest = min(index["min_height"], index["min_width"])
-        problems += [f"{profile}.stages[{i}].patch_size={s.patch_size} is larger than the smallest training image "
-                     f"({smallest} px)" for i, s in enumerate(cfg.stages) if s.patch_size > smallest]
+        problems += [f"{profile}.phases[{i}].patch_size={s.patch_size} is larger than the smallest training image "
+                     f"({smallest} px)" for i, s in enumerate(cfg.phases) if s.patch_size > smallest]
     out_dir = (Path(args.out) / cfg.experiment).resolve()
     ckpt_dir = (Path(args.checkpoints) / cfg.experiment).resolve()
     for folder, what in ((out_dir, "model folder (--out)"), (ckpt_dir, "checkpoint folder (--checkpoints)")):
@@ -140,10 +140,10 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
             problems.append(problem)
     if problems:
         raise PreflightError(problems, source=source, section=profile)
-    stages = resolve_stages(cfg, world_size=ws, train_samples=samples)
+    stages = resolve_phases(cfg, world_size=ws, train_samples=samples)
     tags = {**data_version_tags(train_dir), **git_tags(), "train.profile": profile, "train.dataset": cfg.dataset}
     spec = RunSpec(
-        train=cfg, profile=profile, model_name=variant, model_kwargs=model_kwargs, stages=stages,
+        train=cfg, profile=profile, model_name=variant, model_kwargs=model_kwargs, phases=stages,
         world_size=ws, train_dir=str(train_dir), val_dir=str(val_dir) if val_dir else None,
         out_dir=str(out_dir), ckpt_dir=str(ckpt_dir), tags=tags,
     )
@@ -154,7 +154,7 @@ def _describe(spec: Any, launcher: str) -> str:
     cfg = spec.train
     lines = [f"train: {spec.profile} -> {spec.out_dir}  ({spec.model_name}, {cfg.precision}, ZeRO {cfg.zero_stage}, "
              f"{spec.world_size} process(es) via {launcher}, {spec.total_steps} steps)"]
-    for s in spec.stages:
+    for s in spec.phases:
         lines.append(f"  stage {s.index}: {s.steps} steps, patch {s.patch_size}, batch {s.global_batch} "
                      f"(micro {s.micro_batch} x accum {cfg.grad_accum} x {spec.world_size}), lr {s.lr:g}, "
                      f"warm-up {s.warmup_steps}")
@@ -168,7 +168,7 @@ def _tracker_factory(spec: Any):
     def make(resume_run_id: str | None, stale_run_id: str | None) -> Any:
         params = {"train": spec.train.to_dict(), "model": {"name": spec.model_name, **spec.model_kwargs},
                   "resolved": {"world_size": spec.world_size, "total_steps": spec.total_steps,
-                               "stages": [dataclasses.asdict(s) for s in spec.stages]}}
+                               "phases": [dataclasses.asdict(s) for s in spec.phases]}}
         return MlflowTracker.start(experiment=spec.train.experiment, run_name=f"train-{spec.profile}",
                                    params=params, tags={**spec.tags, "train.fingerprint": spec.fingerprint()},
                                    resume_run_id=resume_run_id, stale_run_id=stale_run_id)

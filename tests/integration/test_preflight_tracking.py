@@ -46,7 +46,7 @@ def _split(folder: Path, n: int, n_shards: int, size: int = 64, info: dict | Non
 def project(tmp_path: Path) -> Path:
     params = {"model": {"name": "ast_t"},
               "train": {"experiment": "dead", "dataset": "tiny", "model_overrides": TINY,
-                        "stages": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 2}]}}
+                        "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 2}]}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     _split(tmp_path / "data/shards/tiny/train", 4, 2)
     _split(tmp_path / "data/shards/tiny/val", 1, 1)

@@ -108,7 +108,7 @@ def mlflow_server(tmp_path_factory) -> str:
 def _workspace(root: Path) -> Path:
     params = {
         "train": {"experiment": "tiny", "dataset": "tinyset",
-                  "stages": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}]},
+                  "phases": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}]},
         "register": {"model_name": "{task}-ast"},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))

@@ -33,7 +33,7 @@ TIMEOUT = 300  # no launch in this module takes more than ~30 s; a hang fails in
 PROFILE = {
     "dataset": "tiny",
     "model_overrides": {"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
-    "stages": [
+    "phases": [
         {"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": 8},
         {"patch_size": 128, "batch_size": 2, "lr": 5e-4, "steps": 12},
     ],
@@ -150,7 +150,7 @@ def test_one_process_torchrun_zero0_tracks_one_run_and_exports_plain_weights(wor
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith((workspace / "mlartifacts").as_uri())
     p = run.data.params
-    assert p["train.stages.1.patch_size"] == "128" and p["resolved.world_size"] == "1" and p["model.name"] == "ast_t"
+    assert p["train.phases.1.patch_size"] == "128" and p["resolved.world_size"] == "1" and p["model.name"] == "ast_t"
     assert {"train/loss", "train/lr", "train/images_per_s", "train/steps_per_s", "val/psnr", "val/ssim"} <= set(run.data.metrics)
     tags = run.data.tags
     assert tags["data.dvc.data/shards"] == "0123456789abcdef.dir" and len(tags["data.train_index_sha256"]) == 64

@@ -40,7 +40,7 @@ def _params(ws: Path) -> Path:
             "dataset": "haze",
             # The learning settings of the default profile, as a user gets them.
             **{k: default[k] for k in ("model_overrides", "start_as_identity", "loss", "schedule")},
-            "stages": [{**default["stages"][0], "steps": 60}],
+            "phases": [{**default["phases"][0], "steps": 60}],
             "deterministic": True,
             "save_every": 60,
             "log_every": 10,

@@ -25,7 +25,7 @@ STEPS = 6
 
 
 def _profile(experiment: str, **changes) -> dict:
-    return {**PROFILE, "experiment": experiment, "stages": [{"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": STEPS}],
+    return {**PROFILE, "experiment": experiment, "phases": [{"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": STEPS}],
             "save_every": STEPS, "validation": {"every_steps": STEPS, "sample_images": 1}, **changes}
 
 

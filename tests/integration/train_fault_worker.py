@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ast_model.train.config import LaunchConfig, ScheduleConfig, StageConfig, TrainConfig, resolve_stages
+from ast_model.train.config import LaunchConfig, ScheduleConfig, PhaseConfig, TrainConfig, resolve_phases
 from ast_model.train.data import SyntheticData
 from ast_model.train.run import train
 from ast_model.train.spec import RunSpec
@@ -25,9 +25,9 @@ class FaultyData(SyntheticData):
         super().__init__(seed=0, rank=rank, val_images=1, val_size=64)
         self.mode, self.fault = mode, fault
 
-    def train_batches(self, stage, *, epoch, batches):
-        for i, (x, y) in enumerate(super().train_batches(stage, epoch=epoch, batches=batches)):
-            step = epoch + i  # grad_accum 1: batch i of the segment starting at `epoch` is that step
+    def train_batches(self, phase, *, start_step, batches):
+        for i, (x, y) in enumerate(super().train_batches(phase, start_step=start_step, batches=batches)):
+            step = start_step + i  # grad_accum 1: batch i of the segment starting at `start_step` is that step
             if self.fault and self.mode == "die" and step == 6:
                 os._exit(17)  # a crashed rank: no exception handling, no goodbye
             if self.fault and self.mode == "nan" and step >= 6:
@@ -39,13 +39,13 @@ def main(mode: str, out: str) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     cfg = TrainConfig(
-        stages=[StageConfig(patch_size=64, batch_size=2 * world, lr=1e-3, steps=12)],
+        phases=[PhaseConfig(patch_size=64, batch_size=2 * world, lr=1e-3, steps=12)],
         save_every=4, log_every=2, schedule=ScheduleConfig(warmup_steps=2),
         launch=LaunchConfig(timeout_s=60),
     )
     spec = RunSpec(
         train=cfg, profile="fault", model_name="ast_t", model_kwargs={"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
-        stages=resolve_stages(cfg, world_size=world, train_samples=None), world_size=world, train_dir="",
+        phases=resolve_phases(cfg, world_size=world, train_samples=None), world_size=world, train_dir="",
         val_dir=None, out_dir=str(Path(out) / "models"), ckpt_dir=str(Path(out) / "ckpt"),
     )
     fault_rank = int(os.environ.get("FAULT_RANK", "0"))

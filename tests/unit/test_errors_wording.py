@@ -89,7 +89,7 @@ def _train(tmp_path: Path, shards: Path, params: dict, *extra: str) -> int:
 def test_a_profile_lists_type_and_value_problems_together_under_its_own_name(tmp_path, shards, capsys) -> None:
     params = {"model": {"name": "ast_t"}, "train_p1": {
         "experiment": "p1", "dataset": "tiny", "model_overrides": TINY, "grad_clip": -1.0, "lr_initial": 1,
-        "log_every": "often", "stages": [{"patch_size": 64, "batch_size": 3, "lr": 1e-3, "steps": 4}]}}
+        "log_every": "often", "phases": [{"patch_size": 64, "batch_size": 3, "lr": 1e-3, "steps": 4}]}}
     assert _train(tmp_path, shards, params, "--profile", "train_p1", "--nproc-per-node", "2") == 2
     err = capsys.readouterr().err
     lines = err.splitlines()
@@ -100,7 +100,7 @@ def test_a_profile_lists_type_and_value_problems_together_under_its_own_name(tmp
     assert "unknown key(s) train_p1.lr_initial" in text
     assert "train_p1.log_every: expected an integer, got 'often'" in text
     assert "train_p1.grad_clip must be >= 0" in text
-    assert "train_p1.stages[0].batch_size=3 does not divide into world size 2" in text
+    assert "train_p1.phases[0].batch_size=3 does not divide into world size 2" in text
     assert "train." not in text  # nothing hard-codes the default profile
     assert "Traceback" not in err
 
@@ -108,7 +108,7 @@ def test_a_profile_lists_type_and_value_problems_together_under_its_own_name(tmp
 def test_one_problem_is_one_line_with_the_file(tmp_path, shards, capsys) -> None:
     params = {"model": {"name": "ast_t"}, "train": {
         "experiment": "p", "dataset": "tiny", "model_overrides": TINY, "grad_clip": -1.0,
-        "stages": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 4}]}}
+        "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 4}]}}
     assert _train(tmp_path, shards, params) == 2
     err = capsys.readouterr().err
     assert err == f"train: {tmp_path / 'params.yaml'}: train.grad_clip must be >= 0 (0 = off)\n"
@@ -116,7 +116,7 @@ def test_one_problem_is_one_line_with_the_file(tmp_path, shards, capsys) -> None
 
 def test_debug_shows_the_traceback_instead(tmp_path, shards) -> None:
     params = {"model": {"name": "ast_t"}, "train": {"dataset": "tiny", "grad_clip": -1.0, "model_overrides": TINY,
-                                                    "stages": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}]}}
+                                                    "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}]}}
     with pytest.raises(PreflightError, match="grad_clip"):
         _train(tmp_path, shards, params, "--debug")
 
@@ -126,7 +126,7 @@ def test_an_unwritable_model_folder_stops_the_train_stage(tmp_path, shards, caps
     (tmp_path / "models").mkdir()
     (tmp_path / "models").chmod(0o555)
     params = {"model": {"name": "ast_t"}, "train": {"dataset": "tiny", "model_overrides": TINY,
-                                                    "stages": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}]}}
+                                                    "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}]}}
     try:
         assert _train(tmp_path, shards, params) == 2
     finally:
@@ -137,7 +137,7 @@ def test_an_unwritable_model_folder_stops_the_train_stage(tmp_path, shards, caps
 def test_a_model_folder_that_is_a_file_stops_the_train_stage_before_anything_starts(tmp_path, shards, capsys) -> None:
     (tmp_path / "models").write_text("not a folder")  # works for root too: a file is never a folder
     params = {"model": {"name": "ast_t"}, "train": {"experiment": "e", "dataset": "tiny", "model_overrides": TINY,
-                                                    "stages": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}]}}
+                                                    "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}]}}
     assert _train(tmp_path, shards, params) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model folder (--out)" in err and "is a file, not a folder" in err
@@ -155,7 +155,7 @@ def _hint(precision: str, grad_clip: float = 0.0) -> str:
 
 def test_the_nan_hint_suggests_fp32_only_to_a_half_precision_run() -> None:
     assert "fp32" not in _hint("fp32")
-    assert "train_p1.grad_clip" in _hint("fp32") and "train_p1.stages[].lr" in _hint("fp32")
+    assert "train_p1.grad_clip" in _hint("fp32") and "train_p1.phases[].lr" in _hint("fp32")
     assert "use train_p1.precision: fp32 (now bf16)" in _hint("bf16")
     assert "lower train_p1.grad_clip (now 1)" in _hint("fp32", 1.0)
 
@@ -168,7 +168,7 @@ def eval_repo(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("AST_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "train": {"experiment": "tiny", "dataset": "tinyset",
-                  "stages": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}]}}))
+                  "phases": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}]}}))
     good = np.zeros((24, 32, 3), np.uint8)
     records = [ShardSample("a", encode_png(good), encode_png(good), {"width": 32, "height": 24}),
                ShardSample("b", b"\x89PNG\r\n\x1a\n not an image", encode_png(good), {"width": 32, "height": 24})]

@@ -52,7 +52,7 @@ def repo(tmp_path: Path, tiny_models: tuple[Path, Path], monkeypatch) -> Path:
     """params.yaml, test shards of dataset ``tinyset`` and ``models/tiny/{best,final}.pt`` + summary.json."""
     monkeypatch.chdir(tmp_path)
     params = {
-        "train": {"experiment": "tiny", "dataset": "tinyset", "stages": [{"patch_size": 16, "batch_size": 1,
+        "train": {"experiment": "tiny", "dataset": "tinyset", "phases": [{"patch_size": 16, "batch_size": 1,
                                                                            "lr": 1e-3, "steps": 1}]},
         "evaluate": {"sample_grids": 2, "protocol": "matlab", "y_channel": True},
     }

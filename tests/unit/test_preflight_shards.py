@@ -23,7 +23,7 @@ GOOD = {
         "experiment": "pf",
         "dataset": "tiny",
         "model_overrides": {"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
-        "stages": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 2}],
+        "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 2}],
     },
 }
 

@@ -1,4 +1,4 @@
-"""The champion gate and the registry's pure helpers (pipelines.gate, pipelines.registry, the register section)."""
+"""The champion gate and the registry's pure helpers (pipelines.gate, pipelines.model_registry, the register section)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 
 from ast_model.config import ConfigError, load_section
 from pipelines.gate import Score, decide, registered_model_name
-from pipelines.registry import SERVING_PACKAGES, pinned_requirements
+from pipelines.model_registry import SERVING_PACKAGES, pinned_requirements
 from pipelines.stages.register import RegisterConfig
 
 REPO = Path(__file__).resolve().parents[2]

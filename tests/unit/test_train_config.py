@@ -9,55 +9,55 @@ import pytest
 from ast_model.config import ConfigError, load_section, read_params
 from ast_model.train.config import (
     ScheduleConfig,
-    StageConfig,
+    PhaseConfig,
     TrainConfig,
     check_config,
     deepspeed_config,
-    resolve_stages,
+    resolve_phases,
 )
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 
 def _cfg(**kw) -> TrainConfig:
-    stages = kw.pop("stages", [StageConfig(patch_size=128, batch_size=32, lr=2e-4, steps=10)])
-    return TrainConfig(stages=stages, **kw)
+    stages = kw.pop("phases", [PhaseConfig(patch_size=128, batch_size=32, lr=2e-4, steps=10)])
+    return TrainConfig(phases=stages, **kw)
 
 
 def test_unknown_and_mistyped_keys_are_errors_naming_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"train\.stages\[0\]\.patchsize"):
-        load_section(TrainConfig, {"train": {"stages": [{"patchsize": 64, "batch_size": 2, "lr": 1e-3}]}}, "train")
+    with pytest.raises(ConfigError, match=r"train\.phases\[0\]\.patchsize"):
+        load_section(TrainConfig, {"train": {"phases": [{"patchsize": 64, "batch_size": 2, "lr": 1e-3}]}}, "train")
     with pytest.raises(ConfigError, match=r"train\.zero_stage"):
-        load_section(TrainConfig, {"train": {"stages": [], "zero_stage": 3}}, "train")
+        load_section(TrainConfig, {"train": {"phases": [], "zero_stage": 3}}, "train")
     with pytest.raises(ConfigError, match=r"train\.launch\.nprocs"):
-        load_section(TrainConfig, {"train": {"stages": [], "launch": {"nprocs": 2}}}, "train")
+        load_section(TrainConfig, {"train": {"phases": [], "launch": {"nprocs": 2}}}, "train")
 
 
 def test_global_batch_splits_into_micro_batches_per_rank() -> None:
-    cfg = _cfg(stages=[StageConfig(128, 32, 2e-4, steps=5), StageConfig(256, 16, 1e-4, steps=7)], grad_accum=2)
-    st = resolve_stages(cfg, world_size=4, train_samples=None)
+    cfg = _cfg(phases=[PhaseConfig(128, 32, 2e-4, steps=5), PhaseConfig(256, 16, 1e-4, steps=7)], grad_accum=2)
+    st = resolve_phases(cfg, world_size=4, train_samples=None)
     assert [(s.micro_batch, s.global_batch, s.steps) for s in st] == [(4, 32, 5), (2, 16, 7)]
 
 
 def test_epochs_become_steps_like_the_official_loader() -> None:
     # AGAN-Data: 861 pairs, batch 32 -> ceil(861 / 32) = 27 it/epoch; 300 epochs, 3 warm-up epochs.
-    cfg = load_section(TrainConfig, {"train": {"stages": [{"patch_size": 128, "batch_size": 32, "lr": 2e-4, "epochs": 300}],
+    cfg = load_section(TrainConfig, {"train": {"phases": [{"patch_size": 128, "batch_size": 32, "lr": 2e-4, "epochs": 300}],
                                                "schedule": {"warmup_epochs": 3}}}, "train")
-    (st,) = resolve_stages(cfg, world_size=2, train_samples=861)
+    (st,) = resolve_phases(cfg, world_size=2, train_samples=861)
     assert (st.steps, st.warmup_steps, st.micro_batch) == (8100, 81, 16)
 
 
 def test_batch_that_does_not_divide_is_reported_with_the_numbers() -> None:
-    cfg = _cfg(stages=[StageConfig(128, 6, 2e-4, steps=5)], grad_accum=2)
+    cfg = _cfg(phases=[PhaseConfig(128, 6, 2e-4, steps=5)], grad_accum=2)
     problems = check_config(cfg, world_size=2, train_samples=100, num_shards=8, has_gpu=False)
-    assert any("train.stages[0].batch_size=6" in p and "2 x grad_accum 2 = 4" in p for p in problems)
+    assert any("train.phases[0].batch_size=6" in p and "2 x grad_accum 2 = 4" in p for p in problems)
     with pytest.raises(ConfigError, match="does not divide"):
-        resolve_stages(cfg, world_size=2, train_samples=100)
+        resolve_phases(cfg, world_size=2, train_samples=100)
 
 
 def test_check_config_collects_every_problem() -> None:
     cfg = _cfg(
-        stages=[StageConfig(96, 8, 2e-4, steps=5), StageConfig(128, 8, 1e-4)],  # second: no length
+        phases=[PhaseConfig(96, 8, 2e-4, steps=5), PhaseConfig(128, 8, 1e-4)],  # second: no length
         precision="fp16",
         num_workers=2,
         schedule=ScheduleConfig(warmup_steps=1, warmup_epochs=1.0),
@@ -67,13 +67,13 @@ def test_check_config_collects_every_problem() -> None:
     text = "\n".join(problems)
     assert "8 readers" in text and "only 4 training shard(s) in data/shards/x/train" in text
     assert "fp16 needs a GPU" in text
-    assert "train.stages[1]: give exactly one of steps / epochs" in text
+    assert "train.phases[1]: give exactly one of steps / epochs" in text
     assert "warmup_steps or warmup_epochs, not both" in text
-    assert "train.stages[0].patch_size=96 is not a multiple" in text
+    assert "train.phases[0].patch_size=96 is not a multiple" in text
 
 
 def test_good_config_has_no_problems() -> None:
-    cfg = _cfg(stages=[StageConfig(128, 8, 2e-4, steps=5)])
+    cfg = _cfg(phases=[PhaseConfig(128, 8, 2e-4, steps=5)])
     assert check_config(cfg, world_size=2, train_samples=100, num_shards=4, has_gpu=False, pad_multiple=128) == []
 
 
@@ -105,7 +105,7 @@ def test_deepspeed_config_computes_train_batch_size(precision: str) -> None:
 )
 def test_params_profiles_load_and_match_the_recipes(profile: str, samples, world: int, want_steps: list[int]) -> None:
     cfg = load_section(TrainConfig, read_params(PARAMS), profile, source=str(PARAMS))
-    stages = resolve_stages(cfg, world_size=world, train_samples=samples)
+    stages = resolve_phases(cfg, world_size=world, train_samples=samples)
     assert [s.steps for s in stages] == want_steps
     if profile == "train":  # the short CPU default: identity start + MSE (docs/training.md)
         assert cfg.start_as_identity and cfg.loss == "mse"

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from ast_model.config import ConfigError, load_section, read_params
-from ast_model.train.config import PRECISIONS, StageConfig, TrainConfig, check_config, deepspeed_config
+from ast_model.train.config import PRECISIONS, PhaseConfig, TrainConfig, check_config, deepspeed_config
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 
 def _cfg(**kw) -> TrainConfig:
-    return TrainConfig(stages=[StageConfig(patch_size=128, batch_size=8, lr=2e-4, steps=10)], **kw)
+    return TrainConfig(phases=[PhaseConfig(patch_size=128, batch_size=8, lr=2e-4, steps=10)], **kw)
 
 
 def _ds(precision: str, zero: int = 0) -> dict:
@@ -62,12 +62,12 @@ def test_fp16_variants_need_a_gpu_and_autocast_bf16_does_not() -> None:
 
 def test_precision_and_compile_are_typed_keys() -> None:
     stages = [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 1}]
-    cfg = load_section(TrainConfig, {"train": {"stages": stages, "precision": "autocast_bf16", "compile": True}}, "train")
+    cfg = load_section(TrainConfig, {"train": {"phases": stages, "precision": "autocast_bf16", "compile": True}}, "train")
     assert cfg.precision == "autocast_bf16" and cfg.compile is True
     with pytest.raises(ConfigError, match=r"train\.precision"):
-        load_section(TrainConfig, {"train": {"stages": stages, "precision": "amp"}}, "train")
+        load_section(TrainConfig, {"train": {"phases": stages, "precision": "amp"}}, "train")
     with pytest.raises(ConfigError, match=r"train\.compile"):
-        load_section(TrainConfig, {"train": {"stages": stages, "compile": "yes"}}, "train")
+        load_section(TrainConfig, {"train": {"phases": stages, "compile": "yes"}}, "train")
 
 
 def test_paper_profiles_use_the_official_autocast_scheme() -> None:

@@ -16,7 +16,7 @@ GOOD = {
         "experiment": "check",
         "dataset": "tiny",
         "model_overrides": {"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
-        "stages": [{"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": 4}],
+        "phases": [{"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": 4}],
     },
 }
 
@@ -45,7 +45,7 @@ def test_good_config_passes_the_check_and_prints_the_plan(repo: Path, capsys) ->
 
 def test_every_problem_is_named_and_nothing_starts(repo: Path, capsys) -> None:
     bad = {**GOOD, "train": {**GOOD["train"], "num_workers": 1, "precision": "fp16",
-                             "stages": [{"patch_size": 128, "batch_size": 3, "lr": 1e-3, "steps": 4}]}}
+                             "phases": [{"patch_size": 128, "batch_size": 3, "lr": 1e-3, "steps": 4}]}}
     assert _main(repo, bad, "--nproc-per-node", "3") == 2
     err = capsys.readouterr().err
     assert "batch_size=3 does not divide into world size 3" not in err  # 3 / (3 x 1) divides
@@ -58,7 +58,7 @@ def test_every_problem_is_named_and_nothing_starts(repo: Path, capsys) -> None:
 def test_batch_that_does_not_divide_over_the_ranks(repo: Path, capsys) -> None:
     assert _main(repo, GOOD, "--nproc-per-node", "3") == 2
     err = capsys.readouterr().err
-    assert "train.stages[0].batch_size=4 does not divide into world size 3" in err
+    assert "train.phases[0].batch_size=4 does not divide into world size 3" in err
 
 
 def test_unknown_key_and_missing_profile(repo: Path, capsys) -> None:

@@ -30,8 +30,8 @@ def test_tracking_uri_is_absolute_sqlite_unless_the_environment_says(tmp_path: P
 
 
 def test_flatten_nests_dicts_and_lists_of_dicts() -> None:
-    flat = flatten({"train": {"stages": [{"patch_size": 64}, {"patch_size": 128}], "betas": [0.9, 0.999]}, "x": None})
-    assert flat == {"train.stages.0.patch_size": "64", "train.stages.1.patch_size": "128",
+    flat = flatten({"train": {"phases": [{"patch_size": 64}, {"patch_size": 128}], "betas": [0.9, 0.999]}, "x": None})
+    assert flat == {"train.phases.0.patch_size": "64", "train.phases.1.patch_size": "128",
                     "train.betas": "[0.9, 0.999]", "x": "None"}
 
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from ast_model.train.config import ResolvedStage
-from ast_model.train.schedule import lr_at, warmup_cosine
+from ast_model.train.config import ResolvedPhase
+from ast_model.train.lr_schedule import lr_at, warmup_cosine
 
 
 def test_one_step_per_epoch_reproduces_the_official_per_epoch_schedule() -> None:
@@ -41,7 +41,7 @@ def test_bad_lengths_raise(steps: int, warmup: int) -> None:
 
 
 def test_each_stage_restarts_with_its_own_peak() -> None:
-    stages = [ResolvedStage(0, 64, 4, 4, 10, 2e-4, 2), ResolvedStage(1, 128, 2, 2, 6, 1e-4, 3)]
+    stages = [ResolvedPhase(0, 64, 4, 4, 10, 2e-4, 2), ResolvedPhase(1, 128, 2, 2, 6, 1e-4, 3)]
     lrs = [lr_at(stages, t, floor=1e-6) for t in range(16)]
     assert lrs[1] == pytest.approx(2e-4) and lrs[9] < 2e-5  # stage 0 warmed up, then decayed
     assert lrs[10] == pytest.approx(1e-4 / 3) and lrs[12] == pytest.approx(1e-4)  # stage 1 warms up anew

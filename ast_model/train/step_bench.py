@@ -1,6 +1,6 @@
 """Training throughput: plain PyTorch vs our DeepSpeed step, and 1 vs 2 processes.
 
-``python -m ast_model.train.bench`` measures, on synthetic batches (no data loading in either loop):
+``python -m ast_model.train.step_bench`` measures, on synthetic batches (no data loading in either loop):
 
 1. a plain PyTorch loop: forward, Charbonnier, backward, ``torch.optim.AdamW`` step;
 2. the training loop's optimizer step (:meth:`ast_model.train.loop.Trainer._optimizer_step`: LR set, loss,
@@ -69,8 +69,8 @@ def plain_loop(model_name: str, batch: int, patch: int, warmup: int, steps: int)
 
 def engine_loop(model_name: str, batch: int, patch: int, warmup: int, steps: int, zero: int) -> dict[str, Any]:
     """Seconds per step of the training loop's DeepSpeed step (call on every rank of a job)."""
-    from ast_model.train.checkpoints import CheckpointStore
-    from ast_model.train.config import StageConfig, TrainConfig, deepspeed_config, resolve_stages
+    from ast_model.train.resume import CheckpointStore
+    from ast_model.train.config import PhaseConfig, TrainConfig, deepspeed_config, resolve_phases
     from ast_model.train.data import SyntheticData
     from ast_model.train.distributed import init_distributed
     from ast_model.train.engine import build_engine
@@ -79,10 +79,10 @@ def engine_loop(model_name: str, batch: int, patch: int, warmup: int, steps: int
     from ast_model.train.tracker import NullTracker
 
     info = init_distributed("auto", 600)
-    cfg = TrainConfig(stages=[StageConfig(patch, batch * info.world_size, 2e-4, steps=warmup + steps)],
+    cfg = TrainConfig(phases=[PhaseConfig(patch, batch * info.world_size, 2e-4, steps=warmup + steps)],
                       zero_stage=zero)  # type: ignore[arg-type]
-    stages = resolve_stages(cfg, world_size=info.world_size, train_samples=None)
-    spec = RunSpec(train=cfg, profile="bench", model_name=model_name, model_kwargs={}, stages=stages,
+    phases = resolve_phases(cfg, world_size=info.world_size, train_samples=None)
+    spec = RunSpec(train=cfg, profile="bench", model_name=model_name, model_kwargs={}, phases=phases,
                    world_size=info.world_size, train_dir="", val_dir=None, out_dir="", ckpt_dir="")
     torch.manual_seed(0)
     model = create_model(model_name)
@@ -101,7 +101,7 @@ def _run_procs(args: argparse.Namespace, procs: int, threads: int) -> tuple[floa
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
-               "--max_restarts", "0", "-m", "ast_model.train.bench", "--worker", str(out),
+               "--max_restarts", "0", "-m", "ast_model.train.step_bench", "--worker", str(out),
                "--model", args.model, "--batch", str(args.batch), "--patch", str(args.patch),
                "--warmup", str(args.warmup), "--steps", str(args.steps), "--zero", str(args.zero)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -117,7 +117,7 @@ def _threads(procs: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print a table, return the figures."""
-    p = argparse.ArgumentParser(prog="python -m ast_model.train.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ast_model.train.step_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ast_t")
     p.add_argument("--batch", type=int, default=4, help="micro batch per process")
     p.add_argument("--patch", type=int, default=128)

@@ -1,6 +1,6 @@
 """Benchmark the data path: training-loader pairs/s and shard-writing MB/s.
 
-``python -m ast_model.data.bench`` generates embedded pairs large enough for 256x256 crops into a temporary
+``python -m ast_model.data.loader_bench`` generates embedded pairs large enough for 256x256 crops into a temporary
 folder (or reads ``--shards DIR``), then measures
 
 * shard writing: :func:`ast_model.data.shards.write_split` of in-memory PNG pairs, tar + sha256 (MB/s);
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0.
     """
-    parser = argparse.ArgumentParser(prog="python -m ast_model.data.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ast_model.data.loader_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=Path, help="benchmark an existing split folder instead of generated pairs")
     parser.add_argument("--patches", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
