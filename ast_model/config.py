@@ -2,9 +2,13 @@
 
 Every stage reads only its own sections through :func:`load_section`. A key the dataclass does not
 declare, or a value of the wrong type, is an error that names the file, the dotted key and the problem,
-so a typo in ``params.yaml`` never silently falls back to a default. Every problem of a section is
-reported together (:class:`ConfigError` keeps them as a list); :func:`check_section` returns them with a
-best-effort config so that a stage can add its value checks and list everything in one message.
+so a typo in ``params.yaml`` never silently falls back to a default.
+
+One convention for every section: the dataclass declares the keys and their types; cross-field value
+checks live in the dataclass's own ``problems(section) -> list[str]`` method (each line naming its dotted
+key under ``section``), which the loader calls. Every problem of a section is reported together
+(:class:`ConfigError` keeps them as a list); :func:`check_section` returns them with a best-effort config
+so that a stage can add its run-time checks (shards, world size) and list everything in one message.
 """
 
 from __future__ import annotations
@@ -121,7 +125,15 @@ def _load(cls: type[T], params: Mapping[str, Any] | str | Path, name: str, sourc
         cfg = _build(cls, raw, name, problems)
     except _Failed:
         cfg = None
+    if cfg is not None:
+        problems += section_problems(cfg, name)
     return cfg, problems, source
+
+
+def section_problems(cfg: Any, section: str) -> list[str]:
+    """The value checks of a built section: its ``problems(section)`` method, if it has one."""
+    check = getattr(cfg, "problems", None)
+    return list(check(section)) if callable(check) else []
 
 
 def from_dict(cls: type[T], raw: Any, *, prefix: str = "", where: str = "") -> T:
@@ -135,6 +147,8 @@ def from_dict(cls: type[T], raw: Any, *, prefix: str = "", where: str = "") -> T
         cfg = _build(cls, raw, prefix, problems)
     except _Failed:
         cfg = None
+    if cfg is not None:
+        problems += section_problems(cfg, prefix or "section")
     if problems or cfg is None:
         raise ConfigError(problems or [f"{prefix or 'section'}: cannot be built"], source=where.rstrip(": "))
     return cfg

@@ -61,7 +61,7 @@ def check_profile_and_section(params: str | Path, profile: str, section: str, se
         params: the params file.
         profile: the training section whose experiment the stage works on (``train``, ``train_spad``, ...).
         section: the stage's own section (``evaluate``, ``register``, ...).
-        section_type: its typed config class; ``.problems(section)`` adds its value checks.
+        section_type: its typed config class (its ``problems(section)`` method adds the value checks).
         purpose: what the profile is for, in the "no training section" message (``the model to evaluate``).
 
     Returns:
@@ -81,7 +81,7 @@ def check_profile_and_section(params: str | Path, profile: str, section: str, se
         train, found = check_section(TrainConfig, raw, profile, source=source)
         problems += found
     cfg, found = check_section(section_type, raw, section, source=source)
-    problems += found + (cfg.problems(section) if cfg is not None else [])
+    problems += found  # the loader ran the section's own value checks (its problems() method)
     return train, cfg, problems
 
 

@@ -172,3 +172,29 @@ def registered_model_name(template: str, task: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class RegisterConfig:
+    """The ``register`` section.
+
+    Attributes:
+        model_name: registered model name; ``{task}`` is the dataset's task (rain, raindrop, haze).
+        alias: the alias that marks the best model (``models:/<name>@<alias>``).
+        min_gain_db: a new version must beat the champion's test PSNR by more than this (0: any gain;
+            a tie never replaces the champion).
+        same_test_data: compare only scores measured on the identical test images (same shard index
+            hash); a changed test set then keeps the champion until it is re-evaluated or moved by hand.
+    """
+
+    model_name: str = "{task}-ast"
+    alias: str = "champion"
+    min_gain_db: float = 0.0
+    same_test_data: bool = True
+
+    def problems(self, section: str = "register") -> list[str]:
+        """Cross-field problems (empty: fine), each naming its key under ``section``."""
+        out = []
+        if self.min_gain_db < 0:
+            out.append(f"{section}.min_gain_db={self.min_gain_db} must be >= 0")
+        if not self.alias or not self.alias.replace("-", "").replace("_", "").isalnum():
+            out.append(f"{section}.alias={self.alias!r}: use letters, digits, '-' and '_'")
+        return out

@@ -13,8 +13,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from ast_model.config import ConfigError
 from ast_model.data.config import DataConfig, DatasetSpec, EmbeddedConfig, ShardConfig, task_of
-from ast_model.data.embedded import generate_split, validate_embedded
+from ast_model.data.embedded import embedded_problems, generate_split
 from ast_model.data.files import remove_stale_staging, staged_dir
 from ast_model.data.manifest import read_manifest, read_pair_bytes, write_embedded_split, write_real_split
 from ast_model.data.shards import ShardError, ShardSample, shard_count, write_split
@@ -88,7 +89,9 @@ def prepare_embedded(name: str, spec: DatasetSpec, cfg: EmbeddedConfig, out_root
     Returns:
         split -> number of pairs.
     """
-    validate_embedded(cfg)
+    problems = embedded_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
     task = task_of(spec)
     counts = {}
     with staged_dir(out_root / name) as staging:

@@ -58,6 +58,26 @@ class DataConfig:
     max_procs_per_node: int = 2
     max_workers: int = 2
 
+    def problems(self, section: str = "data") -> list[str]:
+        """Cross-field checks the types cannot express (empty: fine), each naming its key."""
+        problems = []
+        for key in ("max_nodes", "max_procs_per_node", "max_workers"):
+            if getattr(self, key) < 1:
+                problems.append(f"{section}.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.datasets:
+            problems.append(f"{section}.datasets is empty")
+        for name, spec in self.datasets.items():
+            key = f"{section}.datasets.{name}"
+            if not name or "/" in name or name.startswith("."):
+                problems.append(f"{key}: not a usable folder name")
+            if spec.source in ("embedded", "folders") and spec.task is None:
+                problems.append(f"{key}.task: required for source {spec.source}")
+            if spec.source != "embedded" and not spec.root:
+                problems.append(f"{key}.root: required for source {spec.source} (the folder on disk)")
+            if spec.source == "embedded" and (spec.root or spec.splits):
+                problems.append(f"{key}: root/splits do not apply to embedded (see prepare.embedded)")
+        return problems
+
     @property
     def min_train_shards(self) -> int:
         """Every (node, process, worker) reads its own training shards: it needs at least one."""
@@ -110,6 +130,12 @@ class PrepareConfig:
     check: Literal["full", "header"] = "full"
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
 
+    def problems(self, section: str = "prepare") -> list[str]:
+        """The embedded default's checks (photo names, disjoint splits, variant counts), each naming its key."""
+        from ast_model.data.embedded import embedded_problems  # the photo catalogue lives with the generator
+
+        return embedded_problems(self.embedded, f"{section}.embedded")
+
 
 @dataclass(frozen=True)
 class ShardConfig:
@@ -124,35 +150,11 @@ class ShardConfig:
     samples_per_shard: int = 64
     seed: int = 0
 
-
-def validate_data_config(cfg: DataConfig, where: str = "params.yaml") -> None:
-    """Cross-field checks the type system cannot express; all problems reported together.
-
-    Args:
-        cfg: the ``data`` section.
-        where: the file name for messages.
-
-    Raises:
-        ConfigError: listing every problem.
-    """
-    problems = []
-    for key in ("max_nodes", "max_procs_per_node", "max_workers"):
-        if getattr(cfg, key) < 1:
-            problems.append(f"data.{key} must be >= 1, got {getattr(cfg, key)}")
-    if not cfg.datasets:
-        problems.append("data.datasets is empty")
-    for name, spec in cfg.datasets.items():
-        if not name or "/" in name or name.startswith("."):
-            problems.append(f"data.datasets.{name}: not a usable folder name")
-        if spec.source == "embedded" or spec.source == "folders":
-            if spec.task is None:
-                problems.append(f"data.datasets.{name}.task: required for source {spec.source}")
-        if spec.source != "embedded" and not spec.root:
-            problems.append(f"data.datasets.{name}.root: required for source {spec.source} (the folder on disk)")
-        if spec.source == "embedded" and (spec.root or spec.splits):
-            problems.append(f"data.datasets.{name}: root/splits do not apply to embedded (see prepare.embedded)")
-    if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems))
+    def problems(self, section: str = "shard") -> list[str]:
+        """Value checks (empty: fine), each naming its key."""
+        if self.samples_per_shard < 1:
+            return [f"{section}.samples_per_shard must be >= 1, got {self.samples_per_shard}"]
+        return []
 
 
 def task_of(spec: DatasetSpec) -> str:

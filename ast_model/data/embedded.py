@@ -136,36 +136,36 @@ def load_photo(name: str) -> Photo:
     return Photo(image=np.asarray(rgb, dtype=np.float32)[..., :3] / 255.0, depth=depth)
 
 
-def validate_embedded(cfg: EmbeddedConfig) -> None:
-    """Check photo names, split disjointness and variant counts; all problems reported together.
+def embedded_problems(cfg: EmbeddedConfig, section: str = "prepare.embedded") -> list[str]:
+    """Photo names, split disjointness and variant counts of the embedded default (empty: fine).
 
     Args:
         cfg: the ``prepare.embedded`` section.
+        section: its dotted name, for the messages.
 
-    Raises:
-        ConfigError: listing every problem.
+    Returns:
+        One line per problem, each naming its key.
     """
     problems = []
     seen: dict[str, str] = {}
     for split, photos in cfg.photos.items():
         for photo in photos:
             if photo not in _PHOTOS:
-                problems.append(f"prepare.embedded.photos.{split}: unknown photo {photo!r}")
+                problems.append(f"{section}.photos.{split}: unknown photo {photo!r}")
             if photo in seen and seen[photo] != split:
-                problems.append(f"prepare.embedded.photos: {photo!r} is in both {seen[photo]} and {split}")
+                problems.append(f"{section}.photos: {photo!r} is in both {seen[photo]} and {split}")
             seen.setdefault(photo, split)
         if cfg.variants.get(split, 0) < 1:
-            problems.append(f"prepare.embedded.variants.{split}: need >= 1 pair per photo")
+            problems.append(f"{section}.variants.{split}: need >= 1 pair per photo")
     extra = sorted(set(cfg.variants) - set(cfg.photos))
     if extra:
-        problems.append(f"prepare.embedded.variants: splits without photos: {', '.join(extra)}")
+        problems.append(f"{section}.variants: splits without photos: {', '.join(extra)}")
     lo, hi = cfg.crop_scale
     if not 0 < lo <= hi <= 1:
-        problems.append(f"prepare.embedded.crop_scale: need 0 < lo <= hi <= 1, got {list(cfg.crop_scale)}")
+        problems.append(f"{section}.crop_scale: need 0 < lo <= hi <= 1, got {list(cfg.crop_scale)}")
     if cfg.short_side < 16 or cfg.max_aspect < 1:
-        problems.append("prepare.embedded: short_side must be >= 16 and max_aspect >= 1")
-    if problems:
-        raise ConfigError("; ".join(problems))
+        problems.append(f"{section}: short_side must be >= 16 and max_aspect >= 1")
+    return problems
 
 
 def pair_seed(seed: int, task: str, photo: str, variant: int) -> np.random.Generator:

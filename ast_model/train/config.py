@@ -157,6 +157,21 @@ class TrainConfig:
         """Plain nested dict (lists, not tuples): for JSON files and MLflow params."""
         return _plain(dataclasses.asdict(self))
 
+    def problems(self, section: str = "train") -> list[str]:
+        """What can be checked without the data and the launch (empty: fine), each naming its key.
+
+        :func:`check_config` adds the checks that need the world size, the shard index and the device.
+        """
+        problems = _phase_problems(self, world_size=1, train_samples=None, section=section, need_samples=False)
+        for name in ("log_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                problems.append(f"{section}.{name} must be >= 1")
+        if self.validation.every_steps < 0:
+            problems.append(f"{section}.validation.every_steps must be >= 0")
+        if self.grad_clip < 0:
+            problems.append(f"{section}.grad_clip must be >= 0 (0 = off)")
+        return problems
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
@@ -232,7 +247,8 @@ def resolve_phases(cfg: TrainConfig, *, world_size: int, train_samples: int | No
     return out
 
 
-def _phase_problems(cfg: TrainConfig, *, world_size: int, train_samples: int | None, section: str = "train") -> list[str]:
+def _phase_problems(cfg: TrainConfig, *, world_size: int, train_samples: int | None, section: str = "train",
+                    need_samples: bool = True) -> list[str]:
     problems = []
     if not cfg.phases:
         problems.append(f"{section}.phases is empty: give at least one {{patch_size, batch_size, lr, steps|epochs}}")
@@ -256,7 +272,7 @@ def _phase_problems(cfg: TrainConfig, *, world_size: int, train_samples: int | N
                 f"{key}.batch_size={st.batch_size} does not divide into world size {world_size} x "
                 f"grad_accum {cfg.grad_accum} = {per_rank}: every rank needs a whole micro batch"
             )
-    if needs_samples and not train_samples:
+    if need_samples and needs_samples and not train_samples:
         problems.append("epochs / warmup_epochs need the training-set size (the shard index was not found)")
     return problems
 
@@ -308,13 +324,7 @@ def check_config(
         problems.append(f"{section}.launch.launcher=none runs one process, but world size is {world_size}")
     if not 0 <= cfg.launch.node_rank < cfg.launch.nnodes:
         problems.append(f"{section}.launch.node_rank={cfg.launch.node_rank} must be in [0, nnodes={cfg.launch.nnodes})")
-    for name in ("log_every", "save_every", "keep_checkpoints"):
-        if getattr(cfg, name) < 1:
-            problems.append(f"{section}.{name} must be >= 1")
-    if cfg.validation.every_steps < 0:
-        problems.append(f"{section}.validation.every_steps must be >= 0")
-    if cfg.grad_clip < 0:
-        problems.append(f"{section}.grad_clip must be >= 0 (0 = off)")
+    problems += [p for p in cfg.problems(section) if p not in problems]
     if pad_multiple:
         for i, st in enumerate(cfg.phases):
             if st.patch_size % pad_multiple:

@@ -18,8 +18,7 @@ from typing import Sequence
 
 from ast_model.config import ConfigError, load_section
 from ast_model.data.build import check_real_dataset, clean_staging, prepare_embedded, prepare_real
-from ast_model.data.config import DataConfig, PrepareConfig, validate_data_config
-from ast_model.data.embedded import validate_embedded
+from ast_model.data.config import DataConfig, PrepareConfig
 from ast_model.data.sources import SourceError
 
 
@@ -40,15 +39,11 @@ def run(params: str | Path = "params.yaml", out: str | Path = "data/prepared") -
     from ast_model.preflight import output_dir_problem
 
     data = load_section(DataConfig, params, "data")
-    validate_data_config(data, str(params))
     cfg = load_section(PrepareConfig, params, "prepare")
     out = Path(out)
     problem = output_dir_problem(out, "output folder (--out)")
     if problem:
         raise ConfigError(problem)
-    embedded = {n: s for n, s in data.datasets.items() if s.source == "embedded"}
-    if embedded:
-        validate_embedded(cfg.embedded)
     checked, problems = {}, []
     for name, spec in data.datasets.items():
         if spec.source != "embedded":

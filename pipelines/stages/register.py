@@ -26,39 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 from ast_model.config import ConfigError
-
-
-@dataclass(frozen=True)
-class RegisterConfig:
-    """The ``register`` section.
-
-    Attributes:
-        model_name: registered model name; ``{task}`` is the dataset's task (rain, raindrop, haze).
-        alias: the alias that marks the best model (``models:/<name>@<alias>``).
-        min_gain_db: a new version must beat the champion's test PSNR by more than this (0: any gain;
-            a tie never replaces the champion).
-        same_test_data: compare only scores measured on the identical test images (same shard index
-            hash); a changed test set then keeps the champion until it is re-evaluated or moved by hand.
-    """
-
-    model_name: str = "{task}-ast"
-    alias: str = "champion"
-    min_gain_db: float = 0.0
-    same_test_data: bool = True
-
-    def problems(self, section: str = "register") -> list[str]:
-        """Cross-field problems (empty: fine), each naming its key under ``section``."""
-        out = []
-        if self.min_gain_db < 0:
-            out.append(f"{section}.min_gain_db={self.min_gain_db} must be >= 0")
-        if not self.alias or not self.alias.replace("-", "").replace("_", "").isalnum():
-            out.append(f"{section}.alias={self.alias!r}: use letters, digits, '-' and '_'")
-        return out
 
 
 def _read_metrics(path: Path) -> dict[str, Any]:
@@ -98,7 +70,7 @@ def run(
     Args:
         params: the params file.
         profile: the training section naming ``experiment``.
-        section: the registry settings (:class:`RegisterConfig`).
+        section: the registry settings (:class:`pipelines.gate.RegisterConfig`).
         models: model root (``<models>/<experiment>/``).
         metrics: metrics root (``<metrics>/<experiment>.json`` from the evaluate stage).
         reports: writes ``<reports>/<experiment>/registry.json``.
@@ -123,7 +95,7 @@ def run(
 
     source = str(params)
     # Pre-flight: every problem below is collected and reported together before MLflow is touched.
-    train, cfg, problems = check_profile_and_section(params, profile, section, RegisterConfig,
+    train, cfg, problems = check_profile_and_section(params, profile, section, gate.RegisterConfig,
                                                      purpose="the model to register")
     if train is not None:
         problem = output_dir_problem(Path(reports) / train.experiment, "reports folder (--reports)")
