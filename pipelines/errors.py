@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from ast_model.checkpoint import CheckpointError
 from ast_model.config import ConfigError
@@ -53,16 +53,17 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def check_profile_and_section(params: str | Path, profile: str, section: str, section_type: type, *,
-                              purpose: str) -> tuple[Any, Any, list[str]]:
+def check_profile_and_section(params: str | Path | Mapping[str, Any], profile: str, section: str,
+                              section_type: type, *, purpose: str, source: str = "") -> tuple[Any, Any, list[str]]:
     """Read a training profile and one stage section, collecting every problem instead of stopping.
 
     Args:
-        params: the params file.
+        params: the params file, or its parsed (task-resolved) mapping.
         profile: the training section whose experiment the stage works on (``train``, ``train_spad``, ...).
         section: the stage's own section (``evaluate``, ``register``, ...).
         section_type: its typed config class (its ``problems(section)`` method adds the value checks).
         purpose: what the profile is for, in the "no training section" message (``the model to evaluate``).
+        source: the params file's name when ``params`` is a mapping.
 
     Returns:
         ``(TrainConfig or None, section config or None, problems)``; the training config is None when the
@@ -71,8 +72,8 @@ def check_profile_and_section(params: str | Path, profile: str, section: str, se
     from ast_model.config import check_section, read_params
     from ast_model.train.config import TrainConfig
 
-    raw = read_params(params)
-    source = str(params)
+    raw = params if isinstance(params, Mapping) else read_params(params)
+    source = source or ("" if isinstance(params, Mapping) else str(params))
     problems: list[str] = []
     train = None
     if profile not in raw:

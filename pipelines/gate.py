@@ -8,12 +8,17 @@ test images), and explains its decision in words that are stored on the version.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Mapping
 
+from ast_model.artifacts import EvaluationMetrics
 from ast_model.config import ConfigError
+
+CHAMPION = "champion"  # the default alias of the best version: models:/<name>@champion
 
 
 @dataclass(frozen=True)
@@ -41,25 +46,11 @@ class Score:
     test_data: str = ""
 
     @classmethod
-    def from_metrics(cls, metrics: Mapping[str, Any]) -> "Score":
-        """From the evaluate stage's ``metrics/<experiment>.json``.
-
-        Raises:
-            ConfigError: a key is missing (naming it).
-        """
-        try:
-            return cls(
-                psnr=float(metrics["psnr"]),
-                ssim=float(metrics["ssim"]),
-                dataset=str(metrics["dataset"]),
-                split=str(metrics["split"]),
-                protocol=str(metrics["protocol"]),
-                y_channel=bool(metrics["y_channel"]),
-                crop_border=int(metrics["crop_border"]),
-                test_data=str(metrics.get("test_index_sha256") or ""),
-            )
-        except KeyError as exc:
-            raise ConfigError(f"metrics file has no {exc.args[0]!r} (written by an older evaluate stage?)") from None
+    def from_metrics(cls, metrics: EvaluationMetrics) -> "Score":
+        """From the evaluate stage's ``metrics/<experiment>.json``."""
+        return cls(psnr=float(metrics.psnr), ssim=float(metrics.ssim), dataset=metrics.dataset, split=metrics.split,
+                   protocol=metrics.protocol, y_channel=bool(metrics.y_channel), crop_border=int(metrics.crop_border),
+                   test_data=metrics.test_index_sha256)
 
     def to_tags(self) -> dict[str, str]:
         """The ``test.*`` tags of a model version (MLflow tags are strings)."""
@@ -186,7 +177,7 @@ class RegisterConfig:
     """
 
     model_name: str = "{task}-ast"
-    alias: str = "champion"
+    alias: str = CHAMPION
     min_gain_db: float = 0.0
     same_test_data: bool = True
 
@@ -198,3 +189,62 @@ class RegisterConfig:
         if not self.alias or not self.alias.replace("-", "").replace("_", "").isalnum():
             out.append(f"{section}.alias={self.alias!r}: use letters, digits, '-' and '_'")
         return out
+
+
+@dataclass(frozen=True)
+class RegistryRecord:
+    """``reports/<experiment>/registry.json``: what the register stage did (read by ``make run``'s summary).
+
+    Attributes:
+        registered_model: the registered model's name (``rain-ast``).
+        version: the new version.
+        model_uri: ``models:/<name>/<version>``.
+        alias: the champion alias.
+        promoted: the new version took the alias.
+        reason: the gate's explanation.
+        champion_version: the version holding the alias now.
+        previous_champion: ``{"version", "psnr"}`` of the champion before, or None.
+        test: the version's :class:`Score`, as a mapping.
+        logged_model_id: MLflow's logged model id.
+        tracking_run_id: the run the model was logged to.
+    """
+
+    registered_model: str
+    version: str
+    model_uri: str
+    alias: str
+    promoted: bool
+    reason: str
+    champion_version: str | None
+    previous_champion: dict[str, Any] | None
+    test: dict[str, Any]
+    logged_model_id: str
+    tracking_run_id: str
+
+    @staticmethod
+    def path(reports_root: str | Path, experiment: str) -> Path:
+        """``<reports_root>/<experiment>/registry.json``."""
+        return Path(reports_root) / experiment / "registry.json"
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically."""
+        from ast_model.data.files import atomic_write_json
+
+        atomic_write_json(Path(path), asdict(self))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RegistryRecord":
+        """Read one.
+
+        Raises:
+            FileNotFoundError: none yet. ConfigError: unreadable or from an older version.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**{f.name: data[f.name] for f in fields(cls)})
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no registry record (run the register stage)") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: unreadable registry record ({exc})") from exc

@@ -28,9 +28,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ast_model.config import ConfigError
-from pipelines.gate import GateDecision, Score
+from pipelines.gate import CHAMPION, GateDecision, Score
 
-CHAMPION = "champion"
 CHALLENGER_TAG = "challenger"
 MODEL_ARTIFACT_NAME = "model"
 RESTORER_CODE = Path(__file__).with_name("restorer_model.py")

@@ -9,7 +9,6 @@ Only rank 0 talks to MLflow; the other ranks receive the run id from it (:mod:`a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -20,6 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import yaml
+
+from ast_model.artifacts import index_sha256
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +242,10 @@ def data_version_tags(shard_dir: str | Path, root: str | Path | None = None) -> 
     root = repo_root(root)
     shard_dir = Path(shard_dir).resolve()
     tags: dict[str, str] = {}
-    index = shard_dir / "index.json"
-    if index.is_file():
-        tags["data.train_index_sha256"] = hashlib.sha256(index.read_bytes()).hexdigest()
+    try:
+        tags["data.train_index_sha256"] = index_sha256(shard_dir)
+    except FileNotFoundError:  # not sharded yet: the pre-flight reports that; no tag here
+        pass
     lock = root / "dvc.lock"
     if not lock.is_file():
         return tags

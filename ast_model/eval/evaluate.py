@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ast_model.artifacts import ImageScore, Scores
 from ast_model.eval.metrics import Protocol, psnr, ssim
 from ast_model.eval.restore import RestoreOptions, restore_image
 
@@ -36,7 +37,7 @@ def evaluate_pairs(
     device: torch.device | str | None = None,
     on_result: ResultCallback | None = None,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> Scores:
     """Restore every degraded image and score it, and the degraded input itself, against its target.
 
     Args:
@@ -51,39 +52,30 @@ def evaluate_pairs(
         progress: show a progress bar.
 
     Returns:
-        ``{"psnr", "ssim", "input_psnr", "input_ssim"}``: means over the images (``input_*`` score the
-        degraded input, the baseline; a PSNR is ``inf`` for identical images, and so is a mean containing
-        one), plus ``"protocol"``, ``"y_channel"``, ``"crop_border"``, ``"count"`` and ``"per_image"``: one
-        ``{"key", "psnr", "ssim", "input_psnr", "input_ssim"}`` dict per pair, in input order.
+        :class:`~ast_model.artifacts.Scores`: means over the images (``input_*`` score the degraded input,
+        the baseline; a PSNR is ``inf`` for identical images, and so is a mean containing one) and one
+        :class:`~ast_model.artifacts.ImageScore` per pair, in input order.
 
     Raises:
         ValueError: no pairs, or a pair whose images do not match (see the metric functions).
     """
     scoring = dict(y_channel=y_channel, crop_border=crop_border, protocol=protocol)
-    per_image: list[dict[str, Any]] = []
+    per_image: list[ImageScore] = []
     for key, degraded, target in tqdm(pairs, unit="img", disable=not progress, desc="evaluate"):
         degraded = _as_float(np.asarray(degraded))
         restored = restore_image(model, degraded, options, device)
-        per_image.append(
-            {
-                "key": str(key),
-                "psnr": psnr(restored, target, **scoring),
-                "ssim": ssim(restored, target, **scoring),
-                "input_psnr": psnr(degraded, target, **scoring),
-                "input_ssim": ssim(degraded, target, **scoring),
-            }
-        )
+        per_image.append(ImageScore(
+            key=str(key),
+            psnr=psnr(restored, target, **scoring),
+            ssim=ssim(restored, target, **scoring),
+            input_psnr=psnr(degraded, target, **scoring),
+            input_ssim=ssim(degraded, target, **scoring),
+        ))
         if on_result is not None:
             on_result(str(key), degraded, restored, _as_float(np.asarray(target)))
     if not per_image:
         raise ValueError("evaluate_pairs: no image pairs to evaluate")
     names = ("psnr", "ssim", "input_psnr", "input_ssim")
-    means = {name: float(np.mean([row[name] for row in per_image])) for name in names}
-    return {
-        **means,
-        "protocol": protocol,
-        "y_channel": y_channel,
-        "crop_border": crop_border,
-        "count": len(per_image),
-        "per_image": per_image,
-    }
+    means = {name: float(np.mean([getattr(row, name) for row in per_image])) for name in names}
+    return Scores(**means, protocol=protocol, y_channel=y_channel, crop_border=crop_border, count=len(per_image),
+                  per_image=per_image)

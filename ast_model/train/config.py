@@ -48,6 +48,29 @@ class PhaseConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The ``model`` section: the network every training profile builds unless it names its own.
+
+    Attributes:
+        name: a variant of :func:`ast_model.list_models` (``ast_t``, ``ast_b``).
+        bottleneck_shift: shifted windows in the 8x8 bottleneck, as the official code builds the model at
+            ``img_size >= 256``; false is its test-time configuration (built at 128). Further architecture
+            keys go into a profile's ``model_overrides``.
+    """
+
+    name: str = "ast_t"
+    bottleneck_shift: bool = False
+
+    def problems(self, section: str = "model") -> list[str]:
+        """An unknown variant (empty: fine)."""
+        from ast_model import list_models
+
+        if self.name not in list_models():
+            return [f"{section}.name={self.name!r} is not a variant (known: {', '.join(list_models())})"]
+        return []
+
+
+@dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW hyper-parameters (official: betas 0.9/0.999, eps 1e-8, weight decay 0.02 on all params)."""
 

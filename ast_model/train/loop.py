@@ -238,7 +238,7 @@ class Trainer:
             "step": state.step,
             "experiment": self.cfg.experiment,
             "profile": self.spec.profile,
-            "mlflow_run_id": self.tracker.run_id,
+            "tracking_run_id": self.tracker.run_id,
             "val_psnr": self.last_val.psnr if self.last_val else None,
             "val_ssim": self.last_val.ssim if self.last_val else None,
             **self.spec.tags,

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
 
 from ast_model import create_model
+from ast_model.artifacts import ModelDir, TrainingSummary
 from ast_model.train.init import start_as_identity
 from ast_model.data.files import atomic_write_json
 from ast_model.train.resume import CheckpointStore
@@ -76,7 +77,7 @@ def _decide(store: CheckpointStore, spec: RunSpec, policy: ResumePolicy) -> tupl
         if policy == "must":
             raise ResumeError(f"--resume-only: no run record in {store.root}: nothing to resume (run without --resume-only)")
         return None, None, None
-    old_run = record.get("mlflow_run_id")
+    old_run = record.get("tracking_run_id")
     if policy == "never":
         log.info("starting fresh (--fresh): removing %s", store.root)
         return None, None, old_run
@@ -157,9 +158,9 @@ def train(
     run_id = broadcast_object(tracker.run_id if info.is_main else None)
     if not info.is_main:
         tracker = NullTracker(run_id)
-    store.write_run_record({"fingerprint": spec.fingerprint(), "mlflow_run_id": run_id, "spec": spec.to_dict()})
+    store.write_run_record({"fingerprint": spec.fingerprint(), "tracking_run_id": run_id, "spec": spec.to_dict()})
     if info.is_main:
-        atomic_write_json(Path(spec.out_dir) / "config.json", {**spec.to_dict(), "deepspeed": ds_config})
+        atomic_write_json(ModelDir(Path(spec.out_dir)).config, {**spec.to_dict(), "deepspeed": ds_config})
 
     trainer = Trainer(spec, engine, data, store, tracker, info)
     # The launcher stops workers with SIGTERM (a cancelled Prefect run, a dead peer): end the tracker run as
@@ -180,10 +181,10 @@ def train(
         raise
     final = str(Path(spec.out_dir) / "final.pt")
     if info.is_main:
-        summary = _summary(spec, state, trainer, run_id, marker)
-        atomic_write_json(Path(spec.out_dir) / "summary.json", summary)
-        for name in ("summary.json", "config.json"):
-            tracker.log_artifact(Path(spec.out_dir) / name)
+        model_dir = ModelDir(Path(spec.out_dir))
+        _summary(spec, state, trainer, run_id, marker).save(model_dir.summary)
+        for path in (model_dir.summary, model_dir.config):
+            tracker.log_artifact(path)
         tracker.finish("FINISHED")
         log.info("done: %s (best val PSNR %s at step %s)", final, state.best_psnr, state.best_step)
     return TrainResult(state, run_id, marker["step"] if marker else None, final)
@@ -193,20 +194,22 @@ def _interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
 
-def _summary(spec: RunSpec, state: LoopState, trainer: Trainer, run_id: str | None, marker: dict | None) -> dict[str, Any]:
+def _summary(spec: RunSpec, state: LoopState, trainer: Trainer, run_id: str | None,
+             marker: dict | None) -> TrainingSummary:
     val = trainer.last_val
-    return {
-        "experiment": spec.train.experiment,
-        "profile": spec.profile,
-        "model": spec.model_name,
-        "world_size": spec.world_size,
-        "steps": state.step,
-        "resumed_from_step": marker["step"] if marker else None,
-        "final_val_psnr": val.psnr if val else None,
-        "final_val_ssim": val.ssim if val else None,
-        "final_path": "final.pt",
-        "best_path": "best.pt" if state.best_step is not None else None,
-        "mlflow_run_id": run_id,
-        **{f"loop.{k}": v for k, v in asdict(state).items()},
-        **spec.tags,
-    }
+    return TrainingSummary(
+        experiment=spec.train.experiment,
+        profile=spec.profile,
+        model=spec.model_name,
+        world_size=spec.world_size,
+        steps=state.step,
+        resumed_from_step=marker["step"] if marker else None,
+        final_val_psnr=val.psnr if val else None,
+        final_val_ssim=val.ssim if val else None,
+        best_step=state.best_step,
+        best_val_psnr=state.best_psnr,
+        best_path="best.pt" if state.best_step is not None else None,
+        tracking_run_id=run_id,
+        images=state.images,
+        tags=dict(spec.tags),
+    )

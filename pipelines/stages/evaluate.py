@@ -1,12 +1,11 @@
 """DVC stage ``evaluate``: score the trained model on the test split; log the result to its MLflow run.
 
 Reads the ``evaluate`` section (how to score) and the training profile (``train``: which experiment and
-dataset), restores every image of ``data/shards/<dataset>/<split>/`` with ``models/<experiment>/best.pt``
+dataset; with ``--task``, the task's profile and evaluate keys: :mod:`pipelines.params`), restores every image of ``data/shards/<dataset>/<split>/`` with ``models/<experiment>/best.pt``
 (or ``final.pt``), and writes:
 
-- ``metrics/<experiment>.json``: ``psnr``, ``ssim``, ``input_psnr``, ``input_ssim`` (the degraded input's own
-  scores: the baseline), ``protocol``, ``per_image``, and what was scored (dataset, task, split, weights,
-  test-data hash, MLflow run id);
+- ``metrics/<experiment>.json`` (:class:`ast_model.artifacts.EvaluationMetrics`): PSNR / SSIM of the
+  restored images and of the degraded inputs (the baseline), per image too, and what was scored;
 - ``reports/<experiment>/samples/<key>.png``: ``input | restored | target`` side by side, for the first
   ``evaluate.sample_grids`` images.
 
@@ -16,7 +15,7 @@ does not know it.
 
 Usage::
 
-    python -m pipelines.stages.evaluate [--params params.yaml] [--profile train] [--section evaluate]
+    python -m pipelines.stages.evaluate [--params params.yaml] [--task NAME] [--profile train] [--section evaluate]
         [--shards data/shards] [--models models] [--metrics metrics] [--reports reports]
         [--no-mlflow | --local-store] [--debug]
 
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -50,42 +48,6 @@ def _device(name: str) -> Any:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"evaluate.device={name!r}: CUDA is not available here")
     return device
-
-
-def _summary(model_dir: Path) -> dict[str, Any]:
-    """``summary.json`` of the training (empty when absent: weights copied by hand, no run id)."""
-    from ast_model.config import ConfigError
-
-    path = model_dir / "summary.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable training summary ({exc})") from exc
-
-
-def weights_path(model_dir: Path, choice: str, summary: dict[str, Any]) -> Path:
-    """The checkpoint to score: ``best.pt`` or ``final.pt`` of ``model_dir``.
-
-    ``best`` falls back to ``final.pt`` when the training recorded no best model (no validation split);
-    the file actually used is recorded in the metrics.
-
-    Raises:
-        FileNotFoundError: no such checkpoint (names the folder and the training stage).
-    """
-    name = "final.pt"
-    if choice == "best":
-        # The training's summary says whether it kept a best model; without a summary (weights copied in
-        # by hand) the file itself decides.
-        has_best = (model_dir / "best.pt").is_file()
-        name = (summary.get("best_path") if "best_path" in summary else "best.pt" if has_best else None) or name
-    path = model_dir / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no trained weights (run the train stage, or check train.experiment)")
-    if choice == "best" and name != "best.pt":
-        print(f"evaluate: {model_dir} has no best.pt (training without validation): scoring {name}", flush=True)
-    return path
 
 
 def _uint8(x: Any) -> np.ndarray:
@@ -126,26 +88,25 @@ class GridWriter:
             self.written.append(save_png(self.folder / f"{safe}.png", sample_grid(degraded, restored, target)))
 
 
-def _stage_run(summary: dict[str, Any], experiment: str, tags: dict[str, str]) -> tuple[Any, str]:
+def _stage_run(run_id: str | None, experiment: str, tags: dict[str, str]) -> tuple[Any, str]:
     """``(MlflowClient, run id)``: the training's run, or a new run when the store does not know it."""
     from pipelines.tracking import client, run_for_stage
 
     c = client()
-    run_id, _ = run_for_stage(c, summary.get("mlflow_run_id"), experiment=experiment,
-                              run_name=f"evaluate-{experiment}", tags=tags)
+    run_id, _ = run_for_stage(c, run_id, experiment=experiment, run_name=f"evaluate-{experiment}", tags=tags)
     return c, run_id
 
 
-def _log_evaluation(c: Any, run_id: str, step: int, result: dict[str, Any], metrics_file: Path, grids: Path) -> None:
+def _log_evaluation(c: Any, run_id: str, step: int, result: Any, metrics_file: Path, grids: Path) -> None:
     """Log the scores (``test/*`` at the training's last step), the metrics file and the grids."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    values = {f"test/{k}": result[k] for k in ("psnr", "ssim", "input_psnr", "input_ssim")}
+    values = {f"test/{k}": getattr(result, k) for k in ("psnr", "ssim", "input_psnr", "input_ssim")}
     c.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items() if np.isfinite(v)])
     # Tags, not params: a rerun with other settings may change them (MLflow params are write-once).
     for key in ("protocol", "y_channel", "crop_border", "dataset", "split", "task", "weights", "count"):
-        c.set_tag(run_id, f"evaluate.{key}", str(result[key]))
+        c.set_tag(run_id, f"evaluate.{key}", str(getattr(result, key)))
     c.log_artifact(run_id, str(metrics_file), "evaluate")
     if grids.is_dir() and any(grids.iterdir()):
         c.log_artifacts(run_id, str(grids), "evaluate/samples")
@@ -169,6 +130,7 @@ def _remove_new_folders_on_error(folder: Path) -> Iterator[None]:
 def preflight(
     params: str | Path,
     *,
+    task: str | None = None,
     profile: str,
     section: str,
     shards: str | Path,
@@ -184,21 +146,24 @@ def preflight(
     (writable), and the tracking store (reached within a few seconds) when ``track``.
 
     Returns:
-        ``(train config, evaluate config, device, weights path, training summary, shard folder)``.
+        ``(train config, evaluate config, device, weights path, training summary or None, shard folder)``.
 
     Raises:
         PreflightError: every problem found, one per line.
     """
+    from ast_model.artifacts import ModelDir, TrainingSummary
     from ast_model.config import ConfigError
     from ast_model.data.shards import shard_problems
     from ast_model.eval.config import EvaluateConfig
     from ast_model.preflight import output_dir_problem
     from pipelines.errors import PreflightError, check_profile_and_section
+    from pipelines.params import stage_params
     from pipelines.tracking import tracking_problem
 
     source = str(params)
-    train, cfg, problems = check_profile_and_section(params, profile, section, EvaluateConfig,
-                                                     purpose="the model to evaluate")
+    resolved = stage_params(params, task, profile=profile, section=section)
+    train, cfg, problems = check_profile_and_section(resolved, profile, section, EvaluateConfig,
+                                                     purpose="the model to evaluate", source=source)
     device = None
     if cfg is not None:
         try:
@@ -209,12 +174,15 @@ def preflight(
             problems.append(f"{section}.precision={cfg.precision} needs a CUDA device (evaluating on {device})")
     weights = summary = shard_dir = None
     if train is not None:
-        model_dir = Path(models) / train.experiment
+        model_dir = ModelDir.of(models, train.experiment)
         try:
-            summary = _summary(model_dir)
-            weights = weights_path(model_dir, cfg.weights if cfg else "best", summary)
+            summary = TrainingSummary.load_optional(model_dir.summary)
+            weights = model_dir.weights(cfg.weights if cfg else "best", summary)
         except (ConfigError, FileNotFoundError) as exc:
             problems.append(str(exc))
+        if weights is not None and cfg is not None and cfg.weights == "best" and weights.name != "best.pt":
+            print(f"evaluate: {model_dir.root} has no best.pt (training without validation): scoring {weights.name}",
+                  flush=True)
         if cfg is not None:
             shard_dir = Path(shards) / train.dataset / cfg.split
             problems += shard_problems(shard_dir, progress=True)[1]
@@ -229,12 +197,13 @@ def preflight(
             problems.append(problem)
     if problems:
         raise PreflightError(problems, source=source, section=section)
-    return train, cfg, device, weights, summary or {}, shard_dir
+    return train, cfg, device, weights, summary, shard_dir
 
 
 def run(
     params: str | Path = "params.yaml",
     *,
+    task: str | None = None,
     profile: str = "train",
     section: str = "evaluate",
     shards: str | Path = "data/shards",
@@ -243,11 +212,13 @@ def run(
     reports: str | Path = "reports",
     track: bool = True,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Score the trained model of training profile ``profile`` with the settings of ``section``.
+) -> Any:
+    """Score the trained model of training profile ``profile`` (or task ``task``) with ``section``'s settings.
 
     Args:
         params: the params file.
+        task: a key of the ``tasks`` section (its experiment and dataset, its ``evaluate`` keys); None: the
+            profile as it stands.
         profile: the training section naming ``experiment`` and ``dataset`` (``train``, ``train_spad``, ...).
         section: the evaluation settings (:class:`~ast_model.eval.config.EvaluateConfig`).
         shards: shard root (reads ``<shards>/<dataset>/<split>``).
@@ -258,22 +229,23 @@ def run(
         progress: show a progress bar.
 
     Returns:
-        The metrics dictionary that was written.
+        The :class:`~ast_model.artifacts.EvaluationMetrics` that were written.
 
     Raises:
         PreflightError: everything :func:`preflight` finds (bad params, no weights, a corrupt or missing
             test shard, an unwritable output folder, an unreachable tracking server), listed together
             before any image is restored.
     """
-    import hashlib
+    import dataclasses
 
+    from ast_model.artifacts import EvaluationMetrics, index_sha256
     from ast_model.checkpoint import load_checkpoint
-    from ast_model.data.files import atomic_write_json, sha256_file, staged_dir
-    from ast_model.data.shards import INDEX, read_index
+    from ast_model.data.files import sha256_file, staged_dir
+    from ast_model.data.shards import read_index
     from ast_model.eval.evaluate import evaluate_pairs
 
     train, cfg, device, weights, summary, shard_dir = preflight(
-        params, profile=profile, section=section, shards=shards, models=models, metrics=metrics,
+        params, task=task, profile=profile, section=section, shards=shards, models=models, metrics=metrics,
         reports=reports, track=track)
     index = read_index(shard_dir)
     model = load_checkpoint(weights, map_location=device)
@@ -286,11 +258,12 @@ def run(
     # The folders the staging creates are removed again if scoring fails: no empty reports/<experiment>/.
     with _remove_new_folders_on_error(reports_dir), staged_dir(reports_dir / "samples") as staging:
         grids = GridWriter(staging, cfg.sample_grids)
-        result = evaluate_pairs(model, split_pairs(shard_dir, cfg.max_images), protocol=cfg.protocol,
+        scores = evaluate_pairs(model, split_pairs(shard_dir, cfg.max_images), protocol=cfg.protocol,
                                 y_channel=cfg.y_channel, crop_border=cfg.crop_border,
                                 options=cfg.restore_options(), device=device, on_result=grids, progress=progress)
     seconds = time.perf_counter() - start
-    result.update(
+    result = EvaluationMetrics(
+        **{f.name: getattr(scores, f.name) for f in dataclasses.fields(scores)},
         experiment=train.experiment,
         dataset=train.dataset,
         task=index.get("task"),
@@ -298,25 +271,25 @@ def run(
         weights=weights.name,
         checkpoint_sha256=sha256_file(weights)[0],
         variant=getattr(model, "variant", None),
-        test_index_sha256=hashlib.sha256((shard_dir / INDEX).read_bytes()).hexdigest(),
+        test_index_sha256=index_sha256(shard_dir),
         ensemble=cfg.ensemble,
-        training_steps=summary.get("steps"),
+        training_steps=summary.steps if summary else None,
         seconds=round(seconds, 3),
-        seconds_per_image=round(seconds / result["count"], 4),
-        mlflow_run_id=None,
+        seconds_per_image=round(seconds / scores.count, 4),
     )
-    metrics_file = Path(metrics) / f"{train.experiment}.json"
+    metrics_file = EvaluationMetrics.path(metrics, train.experiment)
     if track:
         # The run is settled before the file is written: its id goes into the file (register logs the
         # model into the same run), and the file itself is one of the run's artifacts.
-        c, run_id = _stage_run(summary, train.experiment, {"evaluate.dataset": train.dataset})
-        result["mlflow_run_id"] = run_id
-        atomic_write_json(metrics_file, result)
-        _log_evaluation(c, run_id, int(summary.get("steps") or 0), result, metrics_file, reports_dir / "samples")
+        c, run_id = _stage_run(summary.tracking_run_id if summary else None, train.experiment,
+                               {"evaluate.dataset": train.dataset})
+        result = dataclasses.replace(result, tracking_run_id=run_id)
+        result.save(metrics_file)
+        _log_evaluation(c, run_id, summary.steps if summary else 0, result, metrics_file, reports_dir / "samples")
     else:
-        atomic_write_json(metrics_file, result)
-    print(f"evaluate: PSNR {result['psnr']:.3f} dB, SSIM {result['ssim']:.4f} (input {result['input_psnr']:.3f} dB, "
-          f"{result['input_ssim']:.4f}) over {result['count']} images in {seconds:.1f} s -> {metrics_file}", flush=True)
+        result.save(metrics_file)
+    print(f"evaluate: PSNR {result.psnr:.3f} dB, SSIM {result.ssim:.4f} (input {result.input_psnr:.3f} dB, "
+          f"{result.input_ssim:.4f}) over {result.count} images in {seconds:.1f} s -> {metrics_file}", flush=True)
     return result
 
 
@@ -327,6 +300,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", default="train",
                    help="training section naming experiment and dataset (default: %(default)s)")
     p.add_argument("--section", default="evaluate", help="evaluation settings section (default: %(default)s)")
+    p.add_argument("--task", help="a key of the `tasks` section (its experiment, dataset and evaluate keys)")
     p.add_argument("--shards", default="data/shards",
                    help="shard root: reads <shards>/<dataset>/<split> (default: %(default)s)")
     p.add_argument("--models", default="models", help="model root: reads <models>/<experiment>/ (default: %(default)s)")
@@ -357,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.errors import run_cli
 
     def body() -> int:
-        run(args.params, profile=args.profile, section=args.section, shards=args.shards, models=args.models,
+        run(args.params, task=args.task, profile=args.profile, section=args.section, shards=args.shards, models=args.models,
             metrics=args.metrics, reports=args.reports, track=not args.no_mlflow, progress=not args.quiet)
         return 0
 

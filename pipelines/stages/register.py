@@ -17,14 +17,13 @@ Writes ``reports/<experiment>/registry.json`` (version, alias decision, reason) 
 
 Usage::
 
-    python -m pipelines.stages.register [--params params.yaml] [--profile train] [--section register]
+    python -m pipelines.stages.register [--params params.yaml] [--task NAME] [--profile train] [--section register]
         [--models models] [--metrics metrics] [--reports reports] [--requirements requirements.txt]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -33,24 +32,14 @@ from typing import Any, Sequence
 from ast_model.config import ConfigError
 
 
-def _read_metrics(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no test metrics (run the evaluate stage first)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable metrics ({exc})") from exc
-
-
-def _checkpoint(model_dir: Path, metrics: dict[str, Any], metrics_file: Path) -> Path:
+def _checkpoint(model_dir: Path, metrics: Any, metrics_file: Path) -> Path:
     """The checkpoint the metrics were measured on; refuses one that changed since evaluation."""
     from ast_model.data.files import sha256_file
 
-    path = model_dir / str(metrics.get("weights") or "")
-    if not metrics.get("weights") or not path.is_file():
+    path = model_dir / metrics.weights
+    if not metrics.weights or not path.is_file():
         raise FileNotFoundError(f"{path}: the weights scored in {metrics_file} are missing")
-    expected = metrics.get("checkpoint_sha256")
-    if expected and sha256_file(path)[0] != expected:
+    if metrics.checkpoint_sha256 and sha256_file(path)[0] != metrics.checkpoint_sha256:
         raise ConfigError(f"{path} changed since {metrics_file} was written: rerun the evaluate stage first")
     return path
 
@@ -58,17 +47,19 @@ def _checkpoint(model_dir: Path, metrics: dict[str, Any], metrics_file: Path) ->
 def run(
     params: str | Path = "params.yaml",
     *,
+    task: str | None = None,
     profile: str = "train",
     section: str = "register",
     models: str | Path = "models",
     metrics: str | Path = "metrics",
     reports: str | Path = "reports",
     requirements: str | Path = "requirements.txt",
-) -> dict[str, Any]:
-    """Register the evaluated model of training profile ``profile`` and apply the champion gate.
+) -> Any:
+    """Register the evaluated model of training profile ``profile`` (or task ``task``); apply the champion gate.
 
     Args:
         params: the params file.
+        task: a key of the ``tasks`` section (the experiment is the task's name); None: ``profile`` as it stands.
         profile: the training section naming ``experiment``.
         section: the registry settings (:class:`pipelines.gate.RegisterConfig`).
         models: model root (``<models>/<experiment>/``).
@@ -77,7 +68,7 @@ def run(
         requirements: the pinned requirements the served model gets.
 
     Returns:
-        The result that was written.
+        The :class:`~pipelines.gate.RegistryRecord` that was written.
 
     Raises:
         PreflightError: bad params (every key), an unwritable reports folder, an unreachable tracking store.
@@ -85,18 +76,19 @@ def run(
         FileNotFoundError: no metrics or no weights.
         RegistryError: MLflow refused a step (logging, registering).
     """
-    from ast_model.data.files import atomic_write_json
-    from pipelines import gate, registry
-    from pipelines.tracking import client, run_for_stage
-
+    from ast_model.artifacts import EvaluationMetrics, ModelDir
     from ast_model.preflight import output_dir_problem
+    from pipelines import gate
+    from pipelines import model_registry as registry
     from pipelines.errors import PreflightError, check_profile_and_section
-    from pipelines.tracking import tracking_problem
+    from pipelines.params import stage_params
+    from pipelines.tracking import client, run_for_stage, tracking_problem
 
     source = str(params)
     # Pre-flight: every problem below is collected and reported together before MLflow is touched.
-    train, cfg, problems = check_profile_and_section(params, profile, section, gate.RegisterConfig,
-                                                     purpose="the model to register")
+    resolved = stage_params(params, task, profile=profile)
+    train, cfg, problems = check_profile_and_section(resolved, profile, section, gate.RegisterConfig,
+                                                     purpose="the model to register", source=source)
     if train is not None:
         problem = output_dir_problem(Path(reports) / train.experiment, "reports folder (--reports)")
         problems += [problem] if problem else []
@@ -105,24 +97,23 @@ def run(
     if problems:
         raise PreflightError(problems, source=source, section=section)
 
-    metrics_file = Path(metrics) / f"{train.experiment}.json"
-    scores = _read_metrics(metrics_file)
+    metrics_file = EvaluationMetrics.path(metrics, train.experiment)
+    scores = EvaluationMetrics.load(metrics_file)
     score = gate.Score.from_metrics(scores)
-    task = scores.get("task")
-    if not task:
-        raise ConfigError(f"{metrics_file}: no 'task' (the test shards' index names none): cannot name the model")
-    name = gate.registered_model_name(cfg.model_name, str(task))
-    checkpoint = _checkpoint(Path(models) / train.experiment, scores, metrics_file)
+    if not scores.task:
+        raise ConfigError(f"{metrics_file}: no task (the test shards' index names none): cannot name the model")
+    name = gate.registered_model_name(cfg.model_name, scores.task)
+    checkpoint = _checkpoint(ModelDir.of(models, train.experiment).root, scores, metrics_file)
     pins = registry.pinned_requirements(requirements)
 
     c = client()
-    run_id, _ = run_for_stage(c, scores.get("mlflow_run_id"), experiment=train.experiment,
+    run_id, _ = run_for_stage(c, scores.tracking_run_id, experiment=train.experiment,
                               run_name=f"register-{train.experiment}")
-    info = {"experiment": train.experiment, "task": str(task), "variant": str(scores.get("variant")),
-            "weights": checkpoint.name, "checkpoint_sha256": str(scores.get("checkpoint_sha256"))}
+    info = {"experiment": train.experiment, "task": scores.task, "variant": str(scores.variant),
+            "weights": checkpoint.name, "checkpoint_sha256": scores.checkpoint_sha256}
     logged = registry.log_restorer(c, run_id=run_id, checkpoint=checkpoint, pip_requirements=pins,
                                    metadata={**info, **asdict(score)}, tags=score.to_tags())
-    extra = {"test.count": str(scores.get("count")), "test.input_psnr": repr(float(scores["input_psnr"]))}
+    extra = {"test.count": str(scores.count), "test.input_psnr": repr(float(scores.input_psnr))}
     version = registry.register_version(
         c, name, logged, tags={**info, **score.to_tags(), **extra},
         description=f"{info['variant']} from experiment {train.experiment} ({checkpoint.name}): {score.describe()}",
@@ -134,22 +125,22 @@ def run(
     new_version = str(version.version)
     registry.apply_decision(c, name, new_version, decision, cfg.alias)
 
-    result = {
-        "registered_model": name,
-        "version": new_version,
-        "model_uri": f"models:/{name}/{new_version}",
-        "alias": cfg.alias,
-        "promoted": decision.promote,
-        "reason": decision.reason,
-        "champion_version": new_version if decision.promote else previous_version,
-        "previous_champion": ({"version": previous_version, "psnr": previous[1].psnr if previous[1] else None}
-                              if previous else None),
-        "test": asdict(score),
-        "logged_model_id": logged.model_id,
-        "mlflow_run_id": run_id,
-    }
-    out = Path(reports) / train.experiment / "registry.json"
-    atomic_write_json(out, result)
+    result = gate.RegistryRecord(
+        registered_model=name,
+        version=new_version,
+        model_uri=f"models:/{name}/{new_version}",
+        alias=cfg.alias,
+        promoted=decision.promote,
+        reason=decision.reason,
+        champion_version=new_version if decision.promote else previous_version,
+        previous_champion=({"version": previous_version, "psnr": previous[1].psnr if previous[1] else None}
+                           if previous else None),
+        test=asdict(score),
+        logged_model_id=logged.model_id,
+        tracking_run_id=run_id,
+    )
+    out = gate.RegistryRecord.path(reports, train.experiment)
+    result.save(out)
     verdict = f"now @{cfg.alias}" if decision.promote else "tagged challenger"
     print(f"register: {name} v{new_version} {verdict}: {decision.reason} -> {out}", flush=True)
     return result
@@ -161,6 +152,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     p.add_argument("--profile", default="train", help="training section naming the experiment (default: %(default)s)")
     p.add_argument("--section", default="register", help="registry settings section (default: %(default)s)")
+    p.add_argument("--task", help="a key of the `tasks` section (the experiment is the task's name)")
     p.add_argument("--models", default="models", help="model root: reads <models>/<experiment>/ (default: %(default)s)")
     p.add_argument("--metrics", default="metrics", help="reads <metrics>/<experiment>.json (default: %(default)s)")
     p.add_argument("--reports", default="reports",
@@ -191,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         try:
-            run(args.params, profile=args.profile, section=args.section, models=args.models, metrics=args.metrics,
+            run(args.params, task=args.task, profile=args.profile, section=args.section, models=args.models, metrics=args.metrics,
                 reports=args.reports, requirements=args.requirements)
         except RegistryError as exc:
             print(f"register: {exc}", file=sys.stderr)

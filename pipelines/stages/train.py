@@ -11,7 +11,7 @@ nodes run this same command on every node, each with its node rank (``--node-ran
 Usage::
 
     python -m pipelines.stages.train [--params params.yaml] [--profile train] [--shards data/shards]
-        [--out models] [--checkpoints checkpoints] [--nproc-per-node M] [--nnodes N] [--node-rank R]
+        [--task NAME] [--out models] [--checkpoints checkpoints] [--nproc-per-node M] [--nnodes N] [--node-rank R]
         [--master-addr HOST] [--master-port P] [--launcher auto|torchrun|deepspeed|none]
         [--fresh | --resume-only] [--check] [--no-mlflow | --local-store] [--debug]
 
@@ -31,17 +31,16 @@ from typing import Any, Sequence
 STAGE_MODULE = "pipelines.stages.train"
 
 
-def _model(params: dict[str, Any], profile: str, name: str | None, overrides: dict[str, Any]) -> tuple[str, dict, int]:
+def _model(params: dict[str, Any], profile: str, name: str | None, overrides: dict[str, Any],
+           source: str) -> tuple[str, dict, int]:
     """(variant, create_model kwargs, pad multiple) from the ``model`` section and the profile's overrides."""
     from ast_model import model_config
-    from ast_model.config import ConfigError
+    from ast_model.config import ConfigError, load_section
+    from ast_model.train.config import ModelConfig
 
-    section = dict(params.get("model") or {})
-    variant = name or section.pop("name", None)
-    section.pop("name", None)
-    if not variant:
-        raise ConfigError("model.name is missing (or set the profile's `model`)")
-    kwargs = {**section, **overrides}
+    section = load_section(ModelConfig, params, "model", source=source)
+    variant = name or section.name
+    kwargs = {"bottleneck_shift": section.bottleneck_shift, **overrides}
     try:
         cfg = model_config(variant, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -75,17 +74,18 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     """
     import torch
 
-    from ast_model.config import ConfigError, check_section, read_params
+    from ast_model.config import ConfigError, check_section
     from ast_model.data.shards import shard_problems
     from ast_model.preflight import output_dir_problem
     from ast_model.train.config import TrainConfig, check_config, resolve_phases
     from ast_model.train.spec import RunSpec
     from pipelines.errors import PreflightError
     from pipelines.launch import resolve_launch, world_size
+    from pipelines.params import stage_params
     from pipelines.tracking import data_version_tags, git_tags, tracking_problem
 
-    params = read_params(args.params)
     source, profile = str(args.params), args.profile
+    params = stage_params(args.params, getattr(args, "task", None), profile=profile)
     if profile not in params:
         profiles = sorted(k for k in params if k.startswith("train"))
         raise PreflightError(f"no section {profile!r} (training profiles: {profiles})", source=source)
@@ -102,7 +102,7 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     pad = None
     variant, model_kwargs = None, {}
     try:
-        variant, model_kwargs, pad = _model(params, profile, cfg.model, cfg.model_overrides)
+        variant, model_kwargs, pad = _model(params, profile, cfg.model, cfg.model_overrides, source)
     except ConfigError as exc:
         problems += exc.problems
 
@@ -215,6 +215,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.stages.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--profile", default="train", help="params section to train (train, train_spad, ...)")
+    p.add_argument("--task", help="a key of the `tasks` section: the profile with that task's keys merged in "
+                                  "(experiment = the task name)")
     p.add_argument("--shards", default="data/shards", help="shard root: reads <shards>/<dataset>/<split>")
     p.add_argument("--out", default="models", help="output root: writes <out>/<experiment>/")
     p.add_argument("--checkpoints", default="checkpoints", help="DeepSpeed checkpoint root (resume)")

@@ -36,12 +36,11 @@ def test_evaluate_pairs_scores_restored_and_input_against_target() -> None:
     )
     restored = (degraded / 255.0 + 0.5) / 2
     expected = psnr(restored, target, y_channel=True, protocol="matlab")
-    assert result["per_image"][0]["psnr"] == pytest.approx(expected)
+    assert result.per_image[0].psnr == pytest.approx(expected)
     expected_input = ssim(degraded, target, y_channel=True, protocol="matlab")
-    assert result["per_image"][0]["input_ssim"] == pytest.approx(expected_input)
-    assert result["psnr"] > result["input_psnr"]  # halfway to the target is better than the input
-    assert {"psnr", "ssim", "input_psnr", "input_ssim", "protocol", "per_image"} <= set(result)
-    assert result["protocol"] == "matlab" and result["count"] == 2
+    assert result.per_image[0].input_ssim == pytest.approx(expected_input)
+    assert result.psnr > result.input_psnr and result.gain_psnr > 0  # halfway to the target beats the input
+    assert result.protocol == "matlab" and result.count == 2 and [r.key for r in result.per_image] == ["a", "b"]
     assert [key for key, _ in seen] == ["a", "b"] and seen[0][1] == [(16, 20, 3)] * 3
 
 

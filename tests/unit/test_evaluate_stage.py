@@ -12,6 +12,8 @@ import pytest
 import torch
 import yaml
 
+from ast_model.artifacts import TrainingSummary
+
 from ast_model import create_model, load_checkpoint, save_checkpoint
 from ast_model.data.files import encode_png
 from ast_model.data.shards import ShardSample, write_split
@@ -64,20 +66,26 @@ def repo(tmp_path: Path, tiny_models: tuple[Path, Path], monkeypatch) -> Path:
     models.mkdir(parents=True)
     for path in tiny_models:
         (models / path.name).write_bytes(path.read_bytes())
-    (models / "summary.json").write_text(json.dumps({"best_path": "best.pt", "steps": 7, "mlflow_run_id": None}))
+    _write_summary(models, run_id=None)
     return tmp_path
+
+
+def _write_summary(model_dir: Path, run_id: str | None, steps: int = 7) -> None:
+    """The training summary the train stage would have written (a best model, ``steps`` steps)."""
+    TrainingSummary(experiment="tiny", profile="train", model="ast_t", world_size=1, steps=steps, best_step=steps,
+                    best_path="best.pt", tracking_run_id=run_id).save(model_dir / "summary.json")
 
 
 def test_metrics_file_grids_and_scores_match_an_independent_computation(repo: Path) -> None:
     assert evaluate.main(["--no-mlflow", "--quiet"]) == 0
     result = json.loads((repo / "metrics/tiny.json").read_text())
     for key in ("psnr", "ssim", "input_psnr", "input_ssim", "protocol", "per_image", "count", "dataset", "task",
-                "split", "weights", "checkpoint_sha256", "test_index_sha256", "mlflow_run_id"):
+                "split", "weights", "checkpoint_sha256", "test_index_sha256", "tracking_run_id"):
         assert key in result, key
     assert (result["protocol"], result["y_channel"], result["task"], result["weights"]) == ("matlab", True, "rain",
                                                                                           "best.pt")
     assert result["count"] == 3 and [row["key"] for row in result["per_image"]] == list(KEYS)
-    assert result["mlflow_run_id"] is None and result["training_steps"] == 7
+    assert result["tracking_run_id"] is None and result["training_steps"] == 7
 
     # Independent: restore with the best checkpoint and score with the metric functions directly.
     model = load_checkpoint(repo / "models/tiny/best.pt")
@@ -104,9 +112,10 @@ def test_metrics_file_grids_and_scores_match_an_independent_computation(repo: Pa
 
 def test_best_falls_back_to_final_when_training_had_no_validation(repo: Path, capsys) -> None:
     (repo / "models/tiny/best.pt").unlink()
-    (repo / "models/tiny/summary.json").write_text(json.dumps({"best_path": None}))
+    TrainingSummary(experiment="tiny", profile="train", model="ast_t", world_size=1, steps=7,
+                    best_path=None).save(repo / "models/tiny/summary.json")
     result = evaluate.run(track=False, progress=False)
-    assert result["weights"] == "final.pt" and "scoring final.pt" in capsys.readouterr().out
+    assert result.weights == "final.pt" and "scoring final.pt" in capsys.readouterr().out
 
 
 def test_max_images_and_no_grids(repo: Path) -> None:
@@ -114,7 +123,7 @@ def test_max_images_and_no_grids(repo: Path) -> None:
     params["evaluate"] = {"max_images": 1, "sample_grids": 0, "weights": "final"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     result = evaluate.run(track=False, progress=False)
-    assert result["count"] == 1 and result["weights"] == "final.pt" and result["protocol"] == "float"
+    assert result.count == 1 and result.weights == "final.pt" and result.protocol == "float"
     assert list((repo / "reports/tiny/samples").iterdir()) == []
 
 
@@ -165,14 +174,13 @@ def test_logs_into_the_training_run(repo: Path, monkeypatch) -> None:
     c = MlflowClient(uri)
     run = c.create_run(experiment_id(c, "tiny"), run_name="train-train")
     c.set_terminated(run.info.run_id, "FINISHED")
-    (repo / "models/tiny/summary.json").write_text(json.dumps({"best_path": "best.pt", "steps": 7,
-                                                               "mlflow_run_id": run.info.run_id}))
+    _write_summary(repo / "models/tiny", run.info.run_id)
     result = evaluate.run(progress=False)
-    assert result["mlflow_run_id"] == run.info.run_id
-    assert json.loads((repo / "metrics/tiny.json").read_text())["mlflow_run_id"] == run.info.run_id
+    assert result.tracking_run_id == run.info.run_id
+    assert json.loads((repo / "metrics/tiny.json").read_text())["tracking_run_id"] == run.info.run_id
     logged = c.get_run(run.info.run_id)
-    assert logged.data.metrics["test/psnr"] == pytest.approx(result["psnr"])
-    assert logged.data.metrics["test/input_ssim"] == pytest.approx(result["input_ssim"])
+    assert logged.data.metrics["test/psnr"] == pytest.approx(result.psnr)
+    assert logged.data.metrics["test/input_ssim"] == pytest.approx(result.input_ssim)
     assert c.get_metric_history(run.info.run_id, "test/psnr")[0].step == 7
     assert logged.data.tags["evaluate.protocol"] == "matlab" and logged.data.tags["evaluate.task"] == "rain"
     assert logged.info.status == "FINISHED"
@@ -180,8 +188,8 @@ def test_logs_into_the_training_run(repo: Path, monkeypatch) -> None:
     assert len(c.list_artifacts(run.info.run_id, "evaluate/samples")) == 2
 
     # A run id the store does not know (another MLFLOW_TRACKING_URI at training time): a new run instead.
-    (repo / "models/tiny/summary.json").write_text(json.dumps({"best_path": "best.pt", "mlflow_run_id": "f" * 32}))
+    _write_summary(repo / "models/tiny", "f" * 32)
     (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("sample_grids: 2", "max_images: 1"))
     other = evaluate.run(progress=False)
-    assert other["mlflow_run_id"] != run.info.run_id
-    assert c.get_run(other["mlflow_run_id"]).data.metrics["test/psnr"] == pytest.approx(other["psnr"])
+    assert other.tracking_run_id != run.info.run_id
+    assert c.get_run(other.tracking_run_id).data.metrics["test/psnr"] == pytest.approx(other.psnr)

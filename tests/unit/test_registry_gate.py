@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 import math
 from pathlib import Path
@@ -80,12 +82,18 @@ def test_score_tags_round_trip() -> None:
     assert Score.from_tags({**tags, "test.psnr": "n/a"}) is None
 
 
-def test_score_from_metrics_names_a_missing_key() -> None:
-    metrics = {"psnr": 30.0, "ssim": 0.9, "dataset": "embedded_rain", "split": "test", "protocol": "float",
-               "y_channel": False, "crop_border": 0, "test_index_sha256": "abc"}
-    assert Score.from_metrics(metrics) == BASE
-    with pytest.raises(ConfigError, match="'protocol'"):
-        Score.from_metrics({k: v for k, v in metrics.items() if k != "protocol"})
+def test_score_from_metrics_and_a_metrics_file_missing_a_field(tmp_path: Path) -> None:
+    from ast_model.artifacts import EvaluationMetrics
+
+    metrics = EvaluationMetrics(psnr=30.0, ssim=0.9, input_psnr=25.0, input_ssim=0.8, protocol="float",
+                                y_channel=False, crop_border=0, count=0, per_image=[], dataset="embedded_rain",
+                                split="test", test_index_sha256="abc")
+    assert Score.from_metrics(EvaluationMetrics.load(metrics.save(tmp_path / "m.json"))) == BASE
+    data = json.loads((tmp_path / "m.json").read_text())
+    del data["protocol"]
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="protocol"):
+        EvaluationMetrics.load(tmp_path / "m.json")
 
 
 def test_registered_model_name() -> None:
