@@ -3,8 +3,10 @@
 ``dvc repro`` runs every stage of ``dvc.yaml`` whose inputs changed (data -> shards -> training ->
 evaluation -> registry); a second call with nothing changed runs nothing. DVC starts each stage's
 ``python`` from ``PATH``, so this puts the interpreter running it (the project's virtualenv) first.
-Then it restores one test image of the training dataset with the trained model and prints shapes, time
-and paths, so that a first-time user sees the model work end to end.
+Then it prints what a person wants to see first: per task, the degraded input's and the restored test
+PSNR/SSIM, whether the embedded default's floor (+3 dB and a higher SSIM) is met, the registered version
+and whether it became champion, where the sample grids and the learning-curve page are, and the command
+that opens the MLflow UI on these runs.
 
     python -m pipelines.run [--params params.yaml] [--no-repro]
 """
@@ -12,7 +14,6 @@ and paths, so that a first-time user sees the model work end to end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -43,41 +44,53 @@ def repro(root: Path) -> int:
     return status
 
 
-def demo_restore(root: Path, params: dict) -> None:
-    """Restore the first test image of the training dataset with the trained model; print the result."""
-    import torch
+FLOOR_DB = 3.0  # the embedded default's promise: each task beats its degraded input by this much, SSIM too
 
-    import ast_model
-    from ast_model.data.loaders import make_eval_loader
-    from ast_model.eval.images import save_png
-    from ast_model.eval.metrics import psnr
-    from ast_model.eval.restore import restore_image
 
-    train = params.get("train") or {}
-    experiment, dataset = train.get("experiment", "default"), train.get("dataset", "embedded_rain")
-    weights = root / "models" / experiment / "final.pt"
-    shards = root / "data" / "shards" / dataset / "test"
-    if not weights.exists() or not (shards / "index.json").exists():
-        print(f"(no demo: {weights} or {shards}/index.json is missing)")
-        return
-    model = ast_model.load_checkpoint(weights)
-    sample = next(iter(make_eval_loader(shards)))
-    degraded = sample["input"][0].permute(1, 2, 0).numpy()  # (H, W, 3)
-    target = sample["target"][0].permute(1, 2, 0).numpy()
-    t0 = time.perf_counter()
-    restored = restore_image(model, degraded)
-    seconds = time.perf_counter() - t0
-    out = save_png(root / "outputs" / "demo" / f"{sample['key']}.restored.png", restored)
-    params_m = sum(p.numel() for p in model.parameters())
-    print(f"model     {weights} ({getattr(model, 'variant', '?')}, {params_m:,} params, threads {torch.get_num_threads()})")
-    print(f"input     {sample['key']} {degraded.shape} -> restored {restored.shape} in {seconds:.2f} s")
-    print(f"PSNR      input {psnr(degraded, target):.2f} dB -> restored {psnr(restored, target):.2f} dB")
-    print(f"written   {out}")
-    metrics = root / "metrics" / f"{experiment}.json"
-    if metrics.exists():
-        m = json.loads(metrics.read_text())
-        print(f"test set  {metrics}: PSNR {m.get('psnr')} / SSIM {m.get('ssim')} "
-              f"(degraded input: {m.get('input_psnr')} / {m.get('input_ssim')}), protocol {m.get('protocol')}")
+def plots_html(root: Path) -> Path | None:
+    """``dvc plots show``: the learning curves of dvc.yaml's ``plots`` as one HTML page (None: it failed)."""
+    dvc = Path(sys.executable).parent / "dvc"
+    out = root / "dvc_plots"
+    status = subprocess.call([str(dvc) if dvc.exists() else "dvc", "plots", "show", "-o", str(out)], cwd=root,
+                             env=pipeline_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    page = out / "index.html"
+    return page if status == 0 and page.is_file() else None
+
+
+def summary(root: Path, params: dict) -> tuple[str, bool]:
+    """The report a person reads after ``make run``: per task, input -> restored PSNR/SSIM and the registry.
+
+    Returns:
+        ``(text, every task met the floor)``.
+    """
+    from ast_model.artifacts import EvaluationMetrics
+    from pipelines.gate import RegistryRecord
+    from pipelines.params import load_tasks
+
+    tasks, _ = load_tasks(params)
+    lines = [f"{'task':9} {'input PSNR/SSIM':>17} -> {'restored':>15} {'gain':>16}  floor  registry",
+             "-" * 96]
+    ok = bool(tasks)
+    for task in tasks:
+        try:
+            m = EvaluationMetrics.load(EvaluationMetrics.path(root / "metrics", task))
+        except (FileNotFoundError, ValueError) as exc:
+            lines.append(f"{task:9} (no metrics: {exc})")
+            ok = False
+            continue
+        met = m.gain_psnr >= FLOOR_DB and m.gain_ssim > 0
+        ok &= met
+        try:
+            r = RegistryRecord.load(RegistryRecord.path(root / "reports", task))
+            reg = f"{r.registered_model} v{r.version} " + ("champion" if r.promoted else
+                                                           f"challenger (champion v{r.champion_version})")
+        except (FileNotFoundError, ValueError):
+            reg = "not registered"
+        lines.append(f"{task:9} {m.input_psnr:7.2f} dB {m.input_ssim:.3f} -> {m.psnr:6.2f} dB {m.ssim:.3f} "
+                     f"{m.gain_psnr:+6.2f} dB {m.gain_ssim:+.3f}  {'yes' if met else 'NO ':5}  {reg}")
+    lines.append(f"floor: every task >= +{FLOOR_DB:g} dB PSNR and a higher SSIM than its degraded input "
+                 f"(test split): {'met' if ok else 'NOT met'}")
+    return "\n".join(lines), ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     reports in the same style. Exit status 2: a problem to fix; DVC's status otherwise.
     """
     from pipelines.errors import PreflightError, run_cli
-    from pipelines.tracking import tracking_problem, use_local_store
+    from pipelines.tracking import tracking_problem, tracking_uri, use_local_store
 
     ap = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
@@ -109,7 +122,20 @@ def main(argv: list[str] | None = None) -> int:
             status = repro(root)
             if status:
                 return status
-        demo_restore(root, read_params(root / args.params))
+        params = read_params(root / args.params)
+        text, _ = summary(root, params)
+        page = plots_html(root)
+        print("\n" + text)
+        print(f"sample grids  reports/<task>/samples/*.png  (input | restored | target)")
+        print(f"curves        {page.relative_to(root) if page else '(dvc plots show failed)'}  (open in a browser; "
+              "`dvc plots show` redraws it)")
+        print(f"metrics       dvc metrics show   |   experiments: dvc exp show")
+        uri = tracking_uri()
+        if uri.startswith(("http://", "https://")):
+            print(f"MLflow UI     {uri}")
+        else:
+            print(f"MLflow UI     {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri} --port 5000"
+                  "   (then http://127.0.0.1:5000)")
         return 0
 
     return run_cli("make run", body, debug=args.debug)
