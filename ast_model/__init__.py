@@ -1,23 +1,45 @@
 """AST (Adaptive Sparse Transformer, CVPR 2024) for image restoration.
 
-Public API:
-    create_model(name, **overrides), list_models(): build a registered variant (ast_t, ast_b, ...).
+Public API (loaded on first use, so ``import ast_model`` does not import torch: the data stages and the
+metrics never pay for it):
+    create_model(name, **overrides), list_models(), model_config(name, **overrides): the network variants
+        (ast_t, ast_b, ...).
     load_official(source, variant=None): a ready model from an official checkpoint or state dict.
     save_checkpoint / load_checkpoint: the project's checkpoint format (config inside).
     count_macs(model, input_shape): multiply-accumulates with torch's flop counter (FLOPs / 2).
 """
 
-from ast_model.checkpoint import load_checkpoint, load_official, save_checkpoint
-from ast_model.flops import count_macs
-from ast_model.nn.registry import create_model, list_models, model_config
+from __future__ import annotations
 
-__all__ = [
-    "count_macs",
-    "create_model",
-    "list_models",
-    "load_checkpoint",
-    "load_official",
-    "model_config",
-    "save_checkpoint",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from ast_model.checkpoint import load_checkpoint, load_official, save_checkpoint
+    from ast_model.flops import count_macs
+    from ast_model.nn.registry import create_model, list_models, model_config
+
+_EXPORTS = {
+    "count_macs": "ast_model.flops",
+    "create_model": "ast_model.nn.registry",
+    "list_models": "ast_model.nn.registry",
+    "load_checkpoint": "ast_model.checkpoint",
+    "load_official": "ast_model.checkpoint",
+    "model_config": "ast_model.nn.registry",
+    "save_checkpoint": "ast_model.checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """The public API, imported on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ast_model' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -15,8 +15,7 @@ user errors too.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TextIO
+from typing import Callable, Sequence, TextIO
 
 from ast_model.checkpoint import CheckpointError
 from ast_model.config import ConfigError
@@ -51,39 +50,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     PreflightError, ConfigError, ShardError, SourceError, ManifestError, ImageFileError, CheckpointError,
     FileNotFoundError,
 )
-
-
-def check_profile_and_section(params: str | Path | Mapping[str, Any], profile: str, section: str,
-                              section_type: type, *, purpose: str, source: str = "") -> tuple[Any, Any, list[str]]:
-    """Read a training profile and one stage section, collecting every problem instead of stopping.
-
-    Args:
-        params: the params file, or its parsed (task-resolved) mapping.
-        profile: the training section whose experiment the stage works on (``train``, ``train_spad``, ...).
-        section: the stage's own section (``evaluate``, ``register``, ...).
-        section_type: its typed config class (its ``problems(section)`` method adds the value checks).
-        purpose: what the profile is for, in the "no training section" message (``the model to evaluate``).
-        source: the params file's name when ``params`` is a mapping.
-
-    Returns:
-        ``(TrainConfig or None, section config or None, problems)``; the training config is None when the
-        profile is missing or invalid.
-    """
-    from ast_model.config import check_section, read_params
-    from ast_model.train.config import TrainConfig
-
-    raw = params if isinstance(params, Mapping) else read_params(params)
-    source = source or ("" if isinstance(params, Mapping) else str(params))
-    problems: list[str] = []
-    train = None
-    if profile not in raw:
-        problems.append(f"no training section {profile!r} ({purpose})")
-    else:
-        train, found = check_section(TrainConfig, raw, profile, source=source)
-        problems += found
-    cfg, found = check_section(section_type, raw, section, source=source)
-    problems += found  # the loader ran the section's own value checks (its problems() method)
-    return train, cfg, problems
 
 
 def problems_of(exc: BaseException) -> list[str]:

@@ -15,10 +15,10 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
 
 from ast_model.config import ConfigError
-from ast_model.train.config import LaunchConfig
 from ast_model.train.distributed import free_port
 
 ENV_KEYS = {
@@ -28,6 +28,50 @@ ENV_KEYS = {
     "master_port": "MASTER_PORT",
     "nproc_per_node": "NPROC_PER_NODE",
 }
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How the workers start: the ``launch`` key of a training profile (``train.launch``). ``nnodes``, ``node_rank``, ``master_addr``, ``master_port`` and
+    ``nproc_per_node`` can also come from the environment (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT,
+    NPROC_PER_NODE) or the phase's command line, which win in that order over params.
+
+    Attributes:
+        launcher: ``torchrun`` or ``deepspeed``; ``none`` runs one worker in-process (world size 1);
+            ``auto`` (default) is ``none`` for one process and ``torchrun`` otherwise.
+        backend: ``auto`` = nccl when CUDA is available, else gloo.
+        timeout_s: timeout of every collective: a stuck peer fails the run instead of hanging it.
+        omp_threads: OMP_NUM_THREADS per worker (None: cores / processes on this node).
+    """
+
+    launcher: Literal["auto", "torchrun", "deepspeed", "none"] = "auto"
+    nnodes: int = 1
+    nproc_per_node: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_s: int = 600
+    omp_threads: int | None = None
+
+    def problems(self, section: str = "train.launch") -> list[str]:
+        """Value checks that need no run-time facts (empty: fine)."""
+        out = []
+        if not 0 <= self.node_rank < self.nnodes:
+            out.append(f"{section}.node_rank={self.node_rank} must be in [0, nnodes={self.nnodes})")
+        if self.nproc_per_node < 1 or self.timeout_s < 1:
+            out.append(f"{section}: nproc_per_node and timeout_s must be >= 1")
+        return out
+
+
+def launch_problems(cfg: LaunchConfig, *, has_gpu: bool, section: str = "train.launch") -> list[str]:
+    """The effective launch (params + environment + command line) checked against this node."""
+    problems = cfg.problems(section)
+    if cfg.backend == "nccl" and not has_gpu:
+        problems.append(f"{section}.backend=nccl needs a GPU: use gloo or auto")
+    if cfg.launcher == "none" and world_size(cfg) != 1:
+        problems.append(f"{section}.launcher=none runs one process, but world size is {world_size(cfg)}")
+    return problems
 
 
 def resolve_launch(

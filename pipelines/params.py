@@ -32,8 +32,8 @@ from typing import Any, Mapping
 from ast_model.config import check_section, read_params
 from pipelines.errors import PreflightError
 
-__all__ = ["TaskConfig", "apply_overrides", "check_params", "load_tasks", "read_params", "stage_params",
-           "task_params", "write_overrides"]
+__all__ = ["TaskConfig", "apply_overrides", "check_params", "check_profile_and_section", "load_profile", "load_tasks",
+           "read_params", "stage_params", "task_params", "write_overrides"]
 
 TASKS = "tasks"
 
@@ -59,6 +59,28 @@ class TaskConfig:
                 for key in ("experiment", "dataset") if key in self.train]
 
 
+def load_profile(params: Mapping[str, Any], profile: str, *, source: str = "") -> tuple[Any, Any, list[str]]:
+    """A training profile: the library's :class:`~ast_model.train.config.TrainConfig` and, from its ``launch``
+    key, the pipeline's :class:`~pipelines.launch.LaunchConfig` (how workers start is not the library's
+    business). Best effort, like :func:`ast_model.config.check_section`.
+
+    Returns:
+        ``(TrainConfig or None, LaunchConfig or None, problems)``.
+    """
+    from ast_model.train.config import TrainConfig
+    from pipelines.launch import LaunchConfig
+
+    raw = params.get(profile) or {}
+    if not isinstance(raw, Mapping):
+        return None, None, [f"{profile}: expected a mapping, got {type(raw).__name__}"]
+    raw = dict(raw)
+    launch_raw = raw.pop("launch", None) or {}
+    train, problems = check_section(TrainConfig, {profile: raw}, profile, source=source)
+    key = f"{profile}.launch"
+    launch, found = check_section(LaunchConfig, {key: launch_raw}, key, source=source)
+    return train, launch, problems + found
+
+
 def load_tasks(params: Mapping[str, Any], *, source: str = "") -> tuple[dict[str, TaskConfig], list[str]]:
     """The ``tasks`` section, strictly: ``(name -> TaskConfig, problems)``; unusable entries are left out."""
     raw = params.get(TASKS) or {}
@@ -74,9 +96,9 @@ def load_tasks(params: Mapping[str, Any], *, source: str = "") -> tuple[dict[str
                      line.replace("unknown key(s) ", f"unknown key(s) {TASKS}.") for line in found]
         if cfg is not None:
             tasks[str(name)] = cfg
-    datasets = (params.get("data") or {}).get("datasets") or {}
+    datasets = (params.get("data") or {}).get("datasets")
     for name, task in tasks.items():
-        if isinstance(datasets, Mapping) and task.dataset not in datasets:
+        if isinstance(datasets, Mapping) and task.dataset not in datasets:  # (no data section: nothing to check)
             problems.append(f"{TASKS}.{name}.dataset={task.dataset!r} is not in data.datasets "
                             f"({', '.join(map(str, datasets)) or 'none'})")
     return tasks, problems
@@ -115,7 +137,12 @@ def task_params(params: Mapping[str, Any], task: str, *, profile: str = "train",
                              source=source)
     if problems or task not in tasks:
         raise PreflightError(problems, source=source, section=f"{TASKS}.{task}")
-    cfg = tasks[task]
+    return _resolve(params, task, tasks[task], profile=profile, section=section)
+
+
+def _resolve(params: Mapping[str, Any], task: str, cfg: TaskConfig, *, profile: str = "train",
+             section: str = "evaluate") -> dict[str, Any]:
+    """The merge itself (no checks): see :func:`task_params`."""
     out = dict(params)
     out[profile] = {**_merge(params.get(profile) or {}, cfg.train), "experiment": task, "dataset": cfg.dataset}
     out[section] = _merge(params.get(section) or {}, cfg.evaluate)
@@ -211,13 +238,15 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
             known = sorted([*fixed, *families, TASKS])
             problems.append(f"unknown section {name!r} (known: {', '.join(known)}, and train_*/evaluate_*/register_*)")
             continue
-        problems += check_section(cls, params, name, source=source)[1]
+        found = load_profile(params, name, source=source)[2] if cls is TrainConfig else \
+            check_section(cls, params, name, source=source)[1]
+        problems += [line for line in found if line not in problems]
     tasks, found = load_tasks(params, source=source)
     problems += found
     for task in tasks:
-        resolved = task_params(params, task, source=source)
+        resolved = _resolve(params, task, tasks[task])
         label = f"{TASKS}.{task}.train"
-        for line in check_section(TrainConfig, resolved, "train", source=source)[1]:
+        for line in load_profile(resolved, "train", source=source)[2]:
             line = _relabel(line, "train", label, tasks[task].train)
             if line not in problems:
                 problems.append(line)
@@ -269,3 +298,34 @@ def write_overrides(path: str | Path, overrides: Mapping[str, Any]) -> dict[str,
         Path(tmp).unlink(missing_ok=True)
         raise
     return new
+
+
+def check_profile_and_section(params: str | Path | Mapping[str, Any], profile: str, section: str,
+                              section_type: type, *, purpose: str, source: str = "") -> tuple[Any, Any, list[str]]:
+    """Read a training profile and one stage section, collecting every problem instead of stopping.
+
+    Args:
+        params: the params file, or its parsed (task-resolved) mapping.
+        profile: the training section whose experiment the stage works on (``train``, ``train_spad``, ...).
+        section: the stage's own section (``evaluate``, ``register``, ...).
+        section_type: its typed config class (its ``problems(section)`` method adds the value checks).
+        purpose: what the profile is for, in the "no training section" message (``the model to evaluate``).
+        source: the params file's name when ``params`` is a mapping.
+
+    Returns:
+        ``(TrainConfig or None, section config or None, problems)``; the training config is None when the
+        profile is missing or invalid.
+    """
+
+    raw = params if isinstance(params, Mapping) else read_params(params)
+    source = source or ("" if isinstance(params, Mapping) else str(params))
+    problems: list[str] = []
+    train = None
+    if profile not in raw:
+        problems.append(f"no training section {profile!r} ({purpose})")
+    else:
+        train, _, found = load_profile(raw, profile, source=source)
+        problems += found
+    cfg, found = check_section(section_type, raw, section, source=source)
+    problems += found  # the loader ran the section's own value checks (its problems() method)
+    return train, cfg, problems

@@ -113,31 +113,6 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
-class LaunchConfig:
-    """How the workers start. ``nnodes``, ``node_rank``, ``master_addr``, ``master_port`` and
-    ``nproc_per_node`` can also come from the environment (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT,
-    NPROC_PER_NODE) or the phase's command line, which win in that order over params.
-
-    Attributes:
-        launcher: ``torchrun`` or ``deepspeed``; ``none`` runs one worker in-process (world size 1);
-            ``auto`` (default) is ``none`` for one process and ``torchrun`` otherwise.
-        backend: ``auto`` = nccl when CUDA is available, else gloo.
-        timeout_s: timeout of every collective: a stuck peer fails the run instead of hanging it.
-        omp_threads: OMP_NUM_THREADS per worker (None: cores / processes on this node).
-    """
-
-    launcher: Literal["auto", "torchrun", "deepspeed", "none"] = "auto"
-    nnodes: int = 1
-    nproc_per_node: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
-    timeout_s: int = 600
-    omp_threads: int | None = None
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     """One training profile (a top-level ``train*`` section of params.yaml).
 
@@ -174,7 +149,6 @@ class TrainConfig:
     save_every: int = 100
     keep_checkpoints: int = 2
     validation: ValidationConfig = field(default_factory=ValidationConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples): for JSON files and MLflow params."""
@@ -341,12 +315,6 @@ def check_config(
             f"{section}.precision={cfg.precision} needs a GPU (DeepSpeed's CPU accelerator has no fp16 here): "
             "use bf16, autocast_bf16 or fp32"
         )
-    if cfg.launch.backend == "nccl" and not has_gpu:
-        problems.append(f"{section}.launch.backend=nccl needs a GPU: use gloo or auto")
-    if cfg.launch.launcher == "none" and world_size != 1:
-        problems.append(f"{section}.launch.launcher=none runs one process, but world size is {world_size}")
-    if not 0 <= cfg.launch.node_rank < cfg.launch.nnodes:
-        problems.append(f"{section}.launch.node_rank={cfg.launch.node_rank} must be in [0, nnodes={cfg.launch.nnodes})")
     problems += [p for p in cfg.problems(section) if p not in problems]
     if pad_multiple:
         for i, st in enumerate(cfg.phases):

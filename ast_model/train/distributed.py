@@ -96,7 +96,10 @@ def init_distributed(backend: str = "auto", timeout_s: int = 600) -> DistInfo:
     """
     import deepspeed  # heavy import, kept out of module import time
 
-    ensure_launcher_env()
+    missing = [v for v in LAUNCHER_VARS if v not in os.environ]
+    if missing:
+        raise RuntimeError(f"no launcher environment ({', '.join(missing)} unset): start under torchrun / deepspeed, "
+                           "or call ensure_launcher_env() first for a single process")
     backend = resolve_backend(backend)
     local_rank = int(os.environ["LOCAL_RANK"])
     if backend == "nccl":
@@ -121,7 +124,8 @@ def seed_everything(seed: int, *, deterministic: bool) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # cuBLAS also needs CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment before CUDA starts: the
+        # worker entry point sets it (deterministic_env); the library leaves the environment alone.
         torch.use_deterministic_algorithms(True)
         # That switch also makes torch.empty fill new memory with NaN (a debugging aid, not needed for
         # determinism); DeepSpeed's ZeRO allocates its 5e8-element gradient buckets with torch.empty on

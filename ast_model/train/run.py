@@ -58,10 +58,13 @@ class TrainResult:
     final_path: str
 
 
-def configure_logging(info: DistInfo) -> None:
-    """Rank-prefixed log lines; rank 0 at INFO, others at WARNING; DeepSpeed's chatter at WARNING."""
-    logging.basicConfig(format=f"[rank {info.rank}] %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if info.is_main else logging.WARNING, force=True)
+def configure_logging(rank: int) -> None:
+    """Rank-prefixed log lines; rank 0 at INFO, others at WARNING; DeepSpeed's chatter at WARNING.
+
+    Process-wide (the root logger): for command-line entry points only, never called by the library.
+    """
+    logging.basicConfig(format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if rank == 0 else logging.WARNING, force=True)
     try:
         from deepspeed.utils import logger as ds_logger
 
@@ -120,8 +123,7 @@ def train(
         NonFiniteLossError: the loss went NaN / Inf (the last checkpoint is left as it was).
     """
     cfg = spec.train
-    info = init_distributed(cfg.launch.backend, cfg.launch.timeout_s)
-    configure_logging(info)
+    info = init_distributed(spec.backend, spec.timeout_s)
     if info.world_size != spec.world_size:
         raise RuntimeError(f"spec was resolved for {spec.world_size} processes, but {info.world_size} joined")
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
@@ -163,10 +165,8 @@ def train(
         atomic_write_json(ModelDir(Path(spec.out_dir)).config, {**spec.to_dict(), "deepspeed": ds_config})
 
     trainer = Trainer(spec, engine, data, store, tracker, info)
-    # The launcher stops workers with SIGTERM (a cancelled Prefect run, a dead peer): end the tracker run as
-    # KILLED instead of leaving it RUNNING. The next launch resumes from the last checkpoint.
-    if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
-        signal.signal(signal.SIGTERM, _interrupt)
+    # A KeyboardInterrupt ends the tracker run as KILLED instead of leaving it RUNNING (the worker entry
+    # point turns the launcher's SIGTERM into one: stop_on_sigterm). The next launch resumes.
     try:
         state = trainer.run(state)
     except NonFiniteLossError as exc:
@@ -192,6 +192,15 @@ def train(
 
 def _interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (how launchers and Prefect cancel workers) raise KeyboardInterrupt in the main thread.
+
+    Process-wide: for worker entry points only (the library never installs signal handlers).
+    """
+    if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _summary(spec: RunSpec, state: LoopState, trainer: Trainer, run_id: str | None,

@@ -21,7 +21,7 @@ from ast_model.train.config import ResolvedPhase, TrainConfig
 
 # Keys that change how a run is watched or launched, not what it computes: they may differ on resume.
 # (The world size, which changes the data split, is fingerprinted on its own.)
-_COSMETIC = ("log_every", "keep_checkpoints", "launch")
+_COSMETIC = ("log_every", "keep_checkpoints")
 _COSMETIC_VALIDATION = ("sample_images",)
 
 
@@ -41,6 +41,8 @@ class RunSpec:
         out_dir: final outputs, ``models/<experiment>`` (absolute).
         ckpt_dir: DeepSpeed checkpoints, ``checkpoints/<experiment>`` (absolute).
         tags: data version and git commit, for the tracker.
+        backend: process-group backend (``auto``: nccl with CUDA, else gloo), from the launch settings.
+        timeout_s: timeout of every collective (a stuck peer fails the run instead of hanging it).
     """
 
     train: TrainConfig
@@ -54,6 +56,8 @@ class RunSpec:
     out_dir: str
     ckpt_dir: str
     tags: dict[str, str] = field(default_factory=dict)
+    backend: str = "auto"
+    timeout_s: int = 600
 
     @property
     def total_steps(self) -> int:
@@ -88,7 +92,7 @@ class RunSpec:
         """The part of the spec that determines the trained weights."""
         train = {k: v for k, v in self.train.to_dict().items() if k not in _COSMETIC}
         train["validation"] = {k: v for k, v in train["validation"].items() if k not in _COSMETIC_VALIDATION}
-        return {
+        return {  # backend and timeout_s change how the run is launched, not what it computes
             "train": train,
             "model_name": self.model_name,
             "model_kwargs": self.model_kwargs,

@@ -72,12 +72,13 @@ def engine_loop(model_name: str, batch: int, patch: int, warmup: int, steps: int
     from ast_model.train.resume import CheckpointStore
     from ast_model.train.config import PhaseConfig, TrainConfig, deepspeed_config, resolve_phases
     from ast_model.train.data import SyntheticData
-    from ast_model.train.distributed import init_distributed
+    from ast_model.train.distributed import ensure_launcher_env, init_distributed
     from ast_model.train.engine import build_engine
     from ast_model.train.loop import Trainer
     from ast_model.train.spec import RunSpec
     from ast_model.train.tracker import NullTracker
 
+    ensure_launcher_env()  # this benchmark is its own entry point (python -m ... --worker)
     info = init_distributed("auto", 600)
     cfg = TrainConfig(phases=[PhaseConfig(patch, batch * info.world_size, 2e-4, steps=warmup + steps)],
                       zero_stage=zero)  # type: ignore[arg-type]

@@ -156,8 +156,8 @@ def preflight(
     from ast_model.data.shards import shard_problems
     from ast_model.eval.config import EvaluateConfig
     from ast_model.preflight import output_dir_problem
-    from pipelines.errors import PreflightError, check_profile_and_section
-    from pipelines.params import stage_params
+    from pipelines.errors import PreflightError
+    from pipelines.params import check_profile_and_section, stage_params
     from pipelines.tracking import tracking_problem
 
     source = str(params)

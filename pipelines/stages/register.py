@@ -80,8 +80,8 @@ def run(
     from ast_model.preflight import output_dir_problem
     from pipelines import gate
     from pipelines import model_registry as registry
-    from pipelines.errors import PreflightError, check_profile_and_section
-    from pipelines.params import stage_params
+    from pipelines.errors import PreflightError
+    from pipelines.params import check_profile_and_section, stage_params
     from pipelines.tracking import client, run_for_stage, tracking_problem
 
     source = str(params)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -74,14 +75,14 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     """
     import torch
 
-    from ast_model.config import ConfigError, check_section
+    from ast_model.config import ConfigError
     from ast_model.data.shards import shard_problems
     from ast_model.preflight import output_dir_problem
-    from ast_model.train.config import TrainConfig, check_config, resolve_phases
+    from ast_model.train.config import check_config, resolve_phases
     from ast_model.train.spec import RunSpec
     from pipelines.errors import PreflightError
-    from pipelines.launch import resolve_launch, world_size
-    from pipelines.params import stage_params
+    from pipelines.launch import launch_problems, resolve_launch, world_size
+    from pipelines.params import load_profile, stage_params
     from pipelines.tracking import data_version_tags, git_tags, tracking_problem
 
     source, profile = str(args.params), args.profile
@@ -89,16 +90,17 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     if profile not in params:
         profiles = sorted(k for k in params if k.startswith("train"))
         raise PreflightError(f"no section {profile!r} (training profiles: {profiles})", source=source)
-    cfg, problems = check_section(TrainConfig, params, profile, source=source)
-    if cfg is None:  # a required key is missing or unusable: nothing else can be checked
+    cfg, launch, problems = load_profile(params, profile, source=source)
+    if cfg is None or launch is None:  # a required key is missing or unusable: nothing else can be checked
         raise PreflightError(problems, source=source, section=profile)
     overrides = {k: getattr(args, k) for k in ("nnodes", "node_rank", "nproc_per_node", "master_addr",
                                                "master_port", "launcher")}
     try:
-        cfg = dataclasses.replace(cfg, launch=resolve_launch(cfg.launch, overrides=overrides))
+        launch = resolve_launch(launch, overrides=overrides)
     except (ConfigError, ValueError) as exc:
         problems += str(exc).splitlines()
-    ws = world_size(cfg.launch)
+    problems += launch_problems(launch, has_gpu=torch.cuda.is_available(), section=f"{profile}.launch")
+    ws = world_size(launch)
     pad = None
     variant, model_kwargs = None, {}
     try:
@@ -145,9 +147,9 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     spec = RunSpec(
         train=cfg, profile=profile, model_name=variant, model_kwargs=model_kwargs, phases=stages,
         world_size=ws, train_dir=str(train_dir), val_dir=str(val_dir) if val_dir else None,
-        out_dir=str(out_dir), ckpt_dir=str(ckpt_dir), tags=tags,
+        out_dir=str(out_dir), ckpt_dir=str(ckpt_dir), tags=tags, backend=launch.backend, timeout_s=launch.timeout_s,
     )
-    return spec, cfg.launch
+    return spec, launch
 
 
 def _describe(spec: Any, launcher: str) -> str:
@@ -183,13 +185,22 @@ def run_worker(spec_path: str | Path, resume: str = "auto", *, tracking: bool = 
     away, a resume that is not possible), printed in one line; 3: a non-finite loss. Other errors are
     bugs and keep their traceback.
     """
+    from ast_model.train.distributed import ensure_launcher_env
     from ast_model.train.loop import NonFiniteLossError
-    from ast_model.train.run import ResumeError, train
+    from ast_model.train.run import ResumeError, configure_logging, stop_on_sigterm, train
     from ast_model.train.spec import RunSpec
     from pipelines.errors import USER_ERRORS, format_error
     from pipelines.tracking import TrackingError, is_tracking_failure, tracking_uri
 
     spec = RunSpec.load(spec_path)
+    # The process-wide settings a worker needs, made here (the entry point), not by the library: launcher
+    # variables for a lone process, rank-prefixed logging, SIGTERM as KeyboardInterrupt (the tracker run
+    # ends KILLED; the next launch resumes), and cuBLAS's workspace setting for deterministic runs.
+    ensure_launcher_env()
+    configure_logging(int(os.environ["RANK"]))
+    stop_on_sigterm()
+    if spec.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
         train(spec, tracker_factory=_tracker_factory(spec) if tracking else None, resume=resume)
     except NonFiniteLossError as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ast_model.train.config import LaunchConfig, ScheduleConfig, PhaseConfig, TrainConfig, resolve_phases
+from ast_model.train.config import PhaseConfig, ScheduleConfig, TrainConfig, resolve_phases
 from ast_model.train.data import SyntheticData
 from ast_model.train.run import train
 from ast_model.train.spec import RunSpec
@@ -41,12 +41,11 @@ def main(mode: str, out: str) -> None:
     cfg = TrainConfig(
         phases=[PhaseConfig(patch_size=64, batch_size=2 * world, lr=1e-3, steps=12)],
         save_every=4, log_every=2, schedule=ScheduleConfig(warmup_steps=2),
-        launch=LaunchConfig(timeout_s=60),
     )
     spec = RunSpec(
         train=cfg, profile="fault", model_name="ast_t", model_kwargs={"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
         phases=resolve_phases(cfg, world_size=world, train_samples=None), world_size=world, train_dir="",
-        val_dir=None, out_dir=str(Path(out) / "models"), ckpt_dir=str(Path(out) / "ckpt"),
+        val_dir=None, out_dir=str(Path(out) / "models"), ckpt_dir=str(Path(out) / "ckpt"), timeout_s=60,
     )
     fault_rank = int(os.environ.get("FAULT_RANK", "0"))
     train(spec, data=FaultyData(mode, rank == fault_rank, rank))

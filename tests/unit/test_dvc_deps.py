@@ -24,6 +24,15 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+def _lazy_exports() -> dict[str, str]:
+    """``ast_model``'s public names -> the module its ``__getattr__`` imports them from."""
+    tree = ast.parse((REPO / "ast_model/__init__.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_EXPORTS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
 def _imports(path: Path) -> set[str]:
     """Repo modules ``path`` imports anywhere (lazy imports inside functions included)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -44,6 +53,9 @@ def _imports(path: Path) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import submodule`
+            if base == "ast_model":  # `from ast_model import create_model`: imported lazily from its module
+                lazy = _lazy_exports()
+                found |= {lazy[alias.name] for alias in node.names if alias.name in lazy}
     return {name for name in found if name.split(".")[0] in PACKAGES}
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ast_model.config import ConfigError
-from ast_model.train.config import LaunchConfig
 from ast_model.train.distributed import ensure_launcher_env
-from pipelines.launch import build_command, launcher_of, omp_threads, resolve_launch, worker_env
+from pipelines.launch import LaunchConfig, build_command, launcher_of, omp_threads, resolve_launch, worker_env
 
 WORKER = ["pipelines.stages.train", "--worker", "spec.json"]
 

@@ -73,8 +73,10 @@ def test_precision_and_compile_are_typed_keys() -> None:
 def test_paper_profiles_use_the_official_autocast_scheme() -> None:
     """The official recipe is fp16 autocast + GradScaler with fp32 weights: autocast_fp16 is that scheme."""
     params = read_params(PARAMS)
+    from pipelines.params import load_profile
+
     for profile in ("train_spad", "train_agan", "train_densehaze"):
-        cfg = load_section(TrainConfig, params, profile)
+        cfg = load_profile(params, profile)[0]
         assert cfg.precision == "autocast_fp16", profile
         assert cfg.compile is False  # opt-in
-    assert load_section(TrainConfig, params, "train").precision == "fp32"
+    assert load_profile(params, "train")[0].precision == "fp32"
