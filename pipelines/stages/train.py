@@ -157,7 +157,7 @@ def _describe(spec: Any, launcher: str) -> str:
     lines = [f"train: {spec.profile} -> {spec.out_dir}  ({spec.model_name}, {cfg.precision}, ZeRO {cfg.zero_stage}, "
              f"{spec.world_size} process(es) via {launcher}, {spec.total_steps} steps)"]
     for s in spec.phases:
-        lines.append(f"  stage {s.index}: {s.steps} steps, patch {s.patch_size}, batch {s.global_batch} "
+        lines.append(f"  phase {s.index}: {s.steps} steps, patch {s.patch_size}, batch {s.global_batch} "
                      f"(micro {s.micro_batch} x accum {cfg.grad_accum} x {spec.world_size}), lr {s.lr:g}, "
                      f"warm-up {s.warmup_steps}")
     return "\n".join(lines)
