@@ -249,7 +249,7 @@ def test_checker_finds_citations_of_the_private_notes(tmp_path: Path) -> None:
         "the store of DESIGN" + ".md:",
         "two processes (ENV" + ".md)",
         "copies of ../" + "shared" + "/x.json",
-        "docs/data.md#metrics, METADATA.md and data/README.md are fine",
+        "docs/data.md#metrics, METADATA" + ".md and data/README.md are fine",
     ]
     path = tmp_path / "mod.py"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
