@@ -7,7 +7,8 @@ files that are not ignored, so ``.venv/`` and ``mlartifacts/`` are out):
   heading of that page (GitHub's anchor rules);
 - every relative Markdown link (``[text](path#anchor)``) resolves the same way, relative to the file that
   contains it;
-- nothing cites the private notes the knowledge came from (files that are not in the repository).
+- nothing cites the private notes the knowledge came from (files that are not in the repository);
+- every repository path a ``docs/`` page names in backticks exists (files get renamed under the docs).
 """
 
 from __future__ import annotations
@@ -184,6 +185,38 @@ def test_nothing_cites_the_private_notes(files: list[Path]) -> None:
     assert not hits, (
         "cite the docs/ page that holds this knowledge instead (docs/README.md lists them):\n" + "\n".join(hits)
     )
+
+
+# A repository path in backticks on a docs page: `ast_model/nn/ast.py`, `tests/unit/`, `.ci/run`.
+BACKTICK_PATH = re.compile(r"`((?:ast_model|pipelines|tests|docs|reports|data|\.ci)/[^`\s]*)`")
+
+
+def named_paths(text: str) -> list[str]:
+    """The repository paths a page names in backticks; one ``{a,b}`` group is expanded, placeholders
+    (``<experiment>``, ``*``, ``...``) are not paths and are skipped."""
+    out = []
+    for match in BACKTICK_PATH.finditer(text):
+        path = match.group(1).partition("#")[0].rstrip(".,:;")  # anchors: checked with the citations
+        if any(mark in path for mark in ("<", "*", "...", "$")):
+            continue
+        brace = re.search(r"\{([^{}]*)\}", path)
+        options = brace.group(1).split(",") if brace else [""]
+        out += [path[: brace.start()] + o + path[brace.end():] if brace else path for o in options]
+    return out
+
+
+def test_paths_named_on_docs_pages_exist() -> None:
+    # Files get renamed under the docs' feet; a page that names a missing file misleads its reader.
+    missing = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        missing += [f"docs/{page.name}: `{p}`" for p in named_paths(text) if not (ROOT / p).exists()]
+    assert not missing, "paths named on docs pages that do not exist:\n" + "\n".join(missing)
+
+
+def test_named_paths_skip_placeholders_and_expand_braces() -> None:
+    text = "`tests/data/x_{T,B}.json`, `models/<experiment>/`, `data/raw/*`, `ast_model/nn/ast.py`."
+    assert named_paths(text) == ["tests/data/x_T.json", "tests/data/x_B.json", "ast_model/nn/ast.py"]
 
 
 def test_the_docs_index_links_every_page() -> None:
