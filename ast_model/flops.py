@@ -14,7 +14,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 3, 256, 256)) 
     """MACs of one forward pass: ``FlopCounterMode`` FLOPs / 2.
 
     Counts convolutions, linear layers and matmuls (element-wise ops are not counted), which is the
-    convention of AST-SPEC 8: AST-T = 13.44 G and AST-B = 109.83 G at 1x3x256x256.
+    convention of docs/model.md#cost: AST-T = 13.44 G and AST-B = 109.83 G at 1x3x256x256.
 
     Args:
         model: any module. A copy on the ``meta`` device is run (eval mode, ``no_grad``): shapes only,

@@ -1,6 +1,6 @@
 """MLflow for the pipeline: where the store is, run tags (data version, git), and the training tracker.
 
-Store: ``MLFLOW_TRACKING_URI`` when set (a server on a cluster), else the embedded store of DESIGN.md:
+Store: ``MLFLOW_TRACKING_URI`` when set (a server on a cluster), else the embedded store of docs/design.md#mlflow:
 SQLite ``mlflow.db`` and artifacts in ``mlartifacts/`` at the repository root, as absolute paths, so a
 ``dvc exp run --temp`` copy (under ``<repo>/.dvc/tmp/exps/``) and Prefect workers log to the same store.
 

@@ -1,4 +1,4 @@
-"""Test oracle: the official AST forward pass, re-expressed functionally from AST-SPEC.md.
+"""Test oracle: the official AST forward pass, re-expressed functionally from docs/model.md.
 
 It shares no code with ``ast_model``: it works on a raw state dict with the official key names, keeps the
 official square token layout (``H = W = int(sqrt(L))``), takes the per-block window/shift settings from
@@ -16,11 +16,11 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-DATA = Path(__file__).resolve().parent / "data"  # copies of ../shared/official_ast_state_dict_*.json
+DATA = Path(__file__).resolve().parent / "data"  # official state-dict records: docs/model.md#state-dict
 
 
 def official_json(variant: str) -> dict:
-    """The official state-dict description for ``"T"`` or ``"B"`` (copied from ../shared into tests/data)."""
+    """The official state-dict description for ``"T"`` or ``"B"`` (docs/model.md#state-dict)."""
     return json.loads((DATA / f"official_ast_state_dict_{variant}.json").read_text())
 
 

@@ -1,4 +1,4 @@
-"""Synthetic degradations: rain streaks, raindrops and haze (the models of DATA.md section 2).
+"""Synthetic degradations: rain streaks, raindrops and haze (the models of docs/data.md#degradation-models).
 
 Each model is a pair of functions:
 

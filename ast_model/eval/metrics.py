@@ -1,4 +1,4 @@
-"""The project's one implementation of PSNR, SSIM and NIQE (DATA.md section 3).
+"""The project's one implementation of PSNR, SSIM and NIQE (docs/data.md#metrics).
 
 Images are ``(H, W, 3)`` RGB arrays, either ``uint8`` (0-255) or floating point in ``[0, 1]``; the two
 images of a pair may differ in dtype (a float model output against a uint8 target). Everything is
@@ -15,7 +15,7 @@ Protocols (say which one a table used):
     quantised to uint8 as saving a PNG does, and Y is rounded to uint8 as MATLAB's ``rgb2ycbcr`` on uint8
     does (about -0.5 dB at 47 dB PSNR_Y). SSIM as in "float", on the rounded values.
 ``"skimage"``
-    The official AST test scripts for AGAN-Data and Dense-Haze (RECIPES.md section 3-4): unrounded float,
+    The official AST test scripts for AGAN-Data and Dense-Haze (docs/recipes.md#test-protocols): unrounded float,
     SSIM with scikit-image's defaults (7x7 uniform window, sample covariances). PSNR equals "float".
 
 ``crop_border`` removes that many pixels from every side before scoring (0 for all three AST tasks).

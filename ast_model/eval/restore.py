@@ -89,7 +89,7 @@ class RestoreOptions:
         overlap: pixels shared by neighbouring tiles (blended); must be smaller than the tile.
         blend: ``"cosine"`` (raised-cosine weights, seamless) or ``"mean"`` (plain average of the
             overlapping tiles: the official AST test scripts, e.g. tile 384 / overlap 80 for AGAN-Data and
-            1152 / 384 for Dense-Haze, RECIPES.md sections 3-4).
+            1152 / 384 for Dense-Haze, docs/recipes.md#tiling).
         ensemble: average the 8 dihedral transforms (8x the compute).
         precision: ``"fp32"``; ``"bf16"`` (autocast, CUDA or CPU); ``"fp16"`` (autocast, CUDA only).
         memory_budget: bytes a forward pass may use; ``None``: derived from the device's free memory.

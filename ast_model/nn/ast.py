@@ -1,4 +1,4 @@
-"""The U-shaped AST network (AST-SPEC 2), for any input size.
+"""The U-shaped AST network (docs/model.md#network), for any input size.
 
 Padding: the network needs both sides to be multiples of ``16 * win_size`` (four 2x downsamplings, then
 ``win x win`` windows in the bottleneck): 128 with the official window 8. The model pads the bottom and
@@ -66,7 +66,7 @@ class ASTConfig:
 
 
 def drop_path_rates(depths: tuple[int, ...], rate: float) -> list[list[float]]:
-    """Per-block stochastic depth for the 9 stages (AST-SPEC 4).
+    """Per-block stochastic depth for the 9 stages (docs/model.md#stochastic-depth).
 
     Encoder: ``linspace(0, rate, sum(depths[:4]))`` sliced per stage; bottleneck: ``rate`` everywhere;
     decoder: the encoder list reversed, sliced per stage.
@@ -153,7 +153,7 @@ class AST(nn.Module):
 
         self.input_proj = InputProj(cfg.in_chans, c)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        # Encoder: attention-free blocks (AST-SPEC 3), channels C, 2C, 4C, 8C.
+        # Encoder: attention-free blocks (docs/model.md#blocks), channels C, 2C, 4C, 8C.
         for i in range(4):
             setattr(self, f"encoderlayer_{i}", stage(i, c * 2**i, None))
             setattr(self, f"dowsample_{i}", Downsample(c * 2**i, c * 2 ** (i + 1)))

@@ -1,4 +1,4 @@
-"""Transformer blocks and stages of AST (AST-SPEC 3).
+"""Transformer blocks and stages of AST (docs/model.md#blocks).
 
 A block is pre-norm residual: ``x + DropPath(attn(LN1(x)))`` (attention blocks only), then
 ``x + DropPath(ffn(LN2(x)))``. Attention and feed-forward are chosen by name, so ablation variants plug in

@@ -46,7 +46,7 @@ class FRFN(nn.Module):
 
     partial 3x3 conv on the first C/4 channels -> Linear(C, 2*hidden) -> GELU -> split (a, g) ->
     a: depthwise 3x3 conv -> GELU -> ``a * g`` -> Linear(hidden, C). The GELU after ``linear1`` covers
-    both halves (AST-SPEC quirk 9).
+    both halves (docs/model.md#quirk-9).
 
     Args:
         dim: channels C.

@@ -1,6 +1,6 @@
 """Plain, spec-literal forward passes of the two AST hot spots (the reference path).
 
-These follow AST-SPEC.md step by step with ordinary autograd ops. The fast paths in
+These follow docs/model.md step by step with ordinary autograd ops. The fast paths in
 :mod:`ast_model.nn.attention` and :mod:`ast_model.nn.ffn` must agree with them (tests check forward and
 gradients); select them with ``model.set_impl("reference")``.
 """
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def window_assa(mod: "WindowASSA", x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """ASSA on windows ``(B*nW, N, C)`` with the shift mask ``(nW, N, N)`` or None (AST-SPEC 3.2)."""
+    """ASSA on windows ``(B*nW, N, C)`` with the shift mask ``(nW, N, N)`` or None (docs/model.md#assa)."""
     bw, n, c = x.shape
     h = mod.num_heads
     q = mod.qkv.to_q(x).reshape(bw, n, h, c // h).permute(0, 2, 1, 3)  # (B*nW, h, N, d)
@@ -40,7 +40,7 @@ def window_assa(mod: "WindowASSA", x: torch.Tensor, mask: torch.Tensor | None) -
 
 
 def frfn(mod: "FRFN", x: torch.Tensor) -> torch.Tensor:
-    """FRFN on ``(B, H, W, C)`` features (AST-SPEC 3.3), with the official NCHW round trips."""
+    """FRFN on ``(B, H, W, C)`` features (docs/model.md#frfn), with the official NCHW round trips."""
     b, hh, ww, c = x.shape
     img = x.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
     x1, x2 = torch.split(img, [mod.dim_conv, c - mod.dim_conv], dim=1)

@@ -96,7 +96,7 @@ def mlflow_server(tmp_path_factory) -> str:
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
            "--workers", "1"]
-    # Without the job runner and with one worker the server starts in ~5 s as 2 processes (ENV.md).
+    # Without the job runner and with one worker the server starts in ~5 s as 2 processes (docs/environment.md).
     proc = _start(cmd, root / "server.log", _env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), root)
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc, root / "server.log", SERVER_START_S)

@@ -34,7 +34,7 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _independent_y(rgb01: np.ndarray) -> np.ndarray:
-    """BT.601 studio-range Y on the 0-255 scale, written out (DATA.md section 3)."""
+    """BT.601 studio-range Y on the 0-255 scale, written out (docs/data.md#y-channel)."""
     r, g, b = rgb01[..., 0], rgb01[..., 1], rgb01[..., 2]
     return 16 + 65.481 * r + 128.553 * g + 24.966 * b
 
@@ -126,7 +126,7 @@ def test_matlab_protocol_rounds_rgb_to_uint8_and_y_to_integers(pair) -> None:
 
 
 def test_matlab_rounding_costs_psnr_at_high_quality() -> None:
-    # DATA.md: rounding Y lowers PSNR_Y by ~0.5 dB near 47 dB; unrounded "float" must not lose it.
+    # docs/data.md#matlab-parity: rounding Y lowers PSNR_Y by ~0.5 dB near 47 dB; unrounded "float" must not lose it.
     rng = np.random.default_rng(3)
     target = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     restored = np.clip(target / 255.0 + rng.normal(0, 0.0078, target.shape), 0, 1)

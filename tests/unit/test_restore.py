@@ -105,7 +105,7 @@ def test_tiled_vs_whole_on_a_smooth_image_is_tiny_and_blending_removes_seams() -
 
 
 def test_mean_blend_reproduces_the_official_tiling_and_plain_average() -> None:
-    # RECIPES.md section 3: a 720x480 image, tiles 384 with overlap 80 -> rows {0, 96} x cols {0, 304, 336}.
+    # docs/recipes.md#tiling: a 720x480 image, tiles 384 with overlap 80 -> rows {0, 96} x cols {0, 304, 336}.
     class TileIndex(nn.Module):
         """Outputs the running index of the call, so the merge of overlapping tiles is visible."""
 

@@ -98,7 +98,7 @@ def test_deepspeed_config_computes_train_batch_size(precision: str) -> None:
     ("profile", "samples", "world", "want_steps"),
     [
         ("train", None, 1, [300]),
-        # RECIPES.md: SPAD ~19,953 and ~39,906 it/epoch (N = 638,492) x 20 and 15 epochs.
+        # docs/recipes.md#spad: SPAD ~19,953 and ~39,906 it/epoch (N = 638,492) x 20 and 15 epochs.
         ("train_spad", 638_492, 2, [399_060, 598_590]),
         # AGAN-Data: 27 / 54 / 108 it/epoch x 300 / 200 / 150 epochs (35.1k iterations).
         ("train_agan", 861, 2, [8_100, 10_800, 16_200]),

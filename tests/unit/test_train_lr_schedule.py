@@ -11,7 +11,7 @@ from ast_model.train.lr_schedule import lr_at, warmup_cosine
 
 
 def test_one_step_per_epoch_reproduces_the_official_per_epoch_schedule() -> None:
-    # RECIPES.md 1.3: epochs 1-3 give lr/3, 2lr/3, lr; epoch e >= 4 gives
+    # docs/recipes.md#learning-rate-schedule: epochs 1-3 give lr/3, 2lr/3, lr; epoch e >= 4 gives
     # 1e-6 + (lr - 1e-6) * (1 + cos(pi * (e - 4) / (nepoch - 3))) / 2.
     lr, floor, nepoch = 2e-4, 1e-6, 20
     got = [warmup_cosine(e - 1, steps=nepoch, warmup=3, peak=lr, floor=floor) for e in range(1, nepoch + 1)]

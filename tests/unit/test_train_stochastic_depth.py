@@ -1,4 +1,4 @@
-"""Stochastic depth in training (AST-SPEC 4): on in train mode, off in validation, replayable on resume."""
+"""Stochastic depth in training (docs/model.md): on in train mode, off in validation, replayable on resume."""
 
 from __future__ import annotations
 
