@@ -74,3 +74,19 @@ def set_threads(num: int | None = None) -> int:
         num = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(num)
     return num
+
+
+def resolve_device(name: str) -> "torch.device":
+    """``auto`` -> CUDA when available, else CPU; any other name as torch spells it (``cuda:1``).
+
+    Raises:
+        ValueError: a CUDA device is asked for where CUDA is not available.
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available here")
+    return device

@@ -22,9 +22,7 @@ way ``dvc exp run -S`` does, keeping the file's comments.
 from __future__ import annotations
 
 import copy
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -280,6 +278,8 @@ def write_overrides(path: str | Path, overrides: Mapping[str, Any]) -> dict[str,
     """
     from ruamel.yaml import YAML  # round-trip YAML (a DVC dependency): comments survive
 
+    from ast_model.data.files import atomic_writer
+
     path = Path(path)
     new = apply_overrides(read_params(path), overrides)
     check_params(new, str(path))
@@ -289,14 +289,8 @@ def write_overrides(path: str | Path, overrides: Mapping[str, Any]) -> dict[str,
     doc = yaml.load(path.read_text(encoding="utf-8"))
     for key, value in overrides.items():
         _set(doc, _path(str(key)), copy.deepcopy(value), str(key))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            yaml.dump(doc, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path, "w") as fh:
+        yaml.dump(doc, fh)
     return new
 
 

@@ -333,8 +333,9 @@ class MlflowTracker:
 
     def log_image(self, key: str, image: np.ndarray, step: int) -> None:
         """Log a uint8 HxWx3 image under ``key`` at ``step`` (shown in the run's image grid)."""
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
-        self.client.log_image(self.run_id, image, key=safe, step=step, synchronous=False)
+        from ast_model.data.files import safe_name
+
+        self.client.log_image(self.run_id, image, key=safe_name(key), step=step, synchronous=False)
 
     def log_artifact(self, path: str | Path) -> None:
         """Attach a file."""

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -29,16 +29,28 @@ class ImageFileError(ValueError):
     """An image that cannot be decoded or is not 8-bit RGB."""
 
 
+# Image files the readers accept (dataset folders, ``ast-restore`` inputs), compared lower-case.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Quantise a float image in [0, 1] to uint8 (round half to even, clipped).
+    """Quantise an image to 8 bits as every saved PNG is (round half to even, clipped to [0, 255]).
 
     Args:
-        image: float array (H, W, 3), nominally in [0, 1].
+        image: ``(H, W, 3)`` (or ``(H, W)``) float, nominally in [0, 1]; a uint8 array is returned as is.
 
     Returns:
         uint8 array of the same shape.
     """
-    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    return np.clip(np.rint(image.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def safe_name(key: str) -> str:
+    """``key`` as a file name or tracker key: letters, digits, ``-``, ``_`` and ``.`` kept, the rest ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
 
 
 def encode_png(image: np.ndarray, *, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
@@ -120,26 +132,41 @@ def sha256_file(path: str | Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
+@contextmanager
+def atomic_writer(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """A file to write ``path``'s new content into; renamed over ``path`` only when the block succeeds.
+
+    The temporary file sits in the same folder (so the rename is atomic) and is removed on any error: the
+    path holds the complete old or the complete new content, never a half-written file.
 
     Args:
-        path: the final file.
-        data: its content.
+        path: the final file (missing parent folders are created).
+        mode: ``"wb"`` or ``"w"`` (text, UTF-8).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o644)  # mkstemp creates 0600; outputs are ordinary shareable files
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_writer`).
+
+    Args:
+        path: the final file.
+        data: its content.
+    """
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ast_model.eval.metrics import PROTOCOLS, Protocol
-from ast_model.eval.restore import RestoreOptions
-
-Precision = Literal["fp32", "bf16", "fp16"]
+from ast_model.eval.restore import Precision, RestoreOptions
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,17 @@ Conversions made by :func:`read_image` (all end as ``(H, W, 3)`` float32 in [0, 
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from skimage.util import img_as_ubyte
+
+# IMAGE_SUFFIXES: what the CLI picks up from folders (explicitly named files of other types are still
+# tried); to_uint8: how every saved PNG is quantised. Both live with the other file helpers.
+from ast_model.data.files import IMAGE_SUFFIXES, atomic_writer, to_uint8
 
 __all__ = ["IMAGE_SUFFIXES", "ImageReadError", "read_image", "save_png", "to_uint8"]
 
-# What the CLI picks up from folders; explicitly named files of other types are still tried.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}  # "I": 16-bit PNGs in older Pillow
 
 
@@ -67,20 +67,6 @@ def read_image(path: str | os.PathLike, *, keep_uint8: bool = False) -> np.ndarr
     return rgb
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Quantise an image to 8 bits as every saved PNG is (round half to even, after clipping to [0, 1]).
-
-    Args:
-        image: ``(H, W, 3)`` (or ``(H, W)``) float in [0, 1], or already uint8.
-
-    Returns:
-        The uint8 array, same shape.
-    """
-    if image.dtype == np.uint8:
-        return image
-    return img_as_ubyte(np.clip(image, 0.0, 1.0))
-
-
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write an 8-bit PNG atomically: a temporary file in the same folder, then a rename, so the path
     holds either the complete image or nothing (never a half-written file after a crash).
@@ -93,13 +79,6 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
         The destination path.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as fh:  # "x": never clobber; normal permissions (umask), unlike mkstemp
-            Image.fromarray(to_uint8(image)).save(fh, format="PNG")
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(dest) as fh:
+        Image.fromarray(to_uint8(image)).save(fh, format="PNG")
     return dest

@@ -14,16 +14,14 @@ written only after ``save_checkpoint``'s closing barrier, so it always names a w
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ast_model.data.files import atomic_write_json
+from ast_model.data.files import atomic_write_json, atomic_writer
 from ast_model.train.distributed import DistInfo, barrier, rng_state, set_rng_state
 
 MARKER = "latest.json"
@@ -104,10 +102,8 @@ class CheckpointStore:
         tag = tag_for(step)
         folder = self.root / tag
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".rng.", dir=folder)
-        os.close(fd)
-        torch.save(_to_torch(rng_state()), tmp)
-        os.replace(tmp, folder / f"rng_rank{self.info.rank}.pt")
+        with atomic_writer(folder / f"rng_rank{self.info.rank}.pt") as fh:
+            torch.save(_to_torch(rng_state()), fh)
         # Ends with a barrier: after it every rank's files are on disk.
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"loop": state}, save_latest=False)
         if self.info.is_main:

@@ -37,22 +37,11 @@ import numpy as np
 GRID_GAP = 4  # white pixels between the three panels of a sample grid
 
 
-def _device(name: str) -> Any:
-    import torch
-
-    from ast_model.config import ConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"evaluate.device={name!r}: CUDA is not available here")
-    return device
-
-
 def _uint8(x: Any) -> np.ndarray:
     """A loader tensor ``(1, 3, H, W)`` in [0, 1] (decoded from 8-bit PNG) back to its exact uint8 ``(H, W, 3)``."""
-    return np.rint(x[0].permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
+    from ast_model.data.files import to_uint8
+
+    return to_uint8(x[0].permute(1, 2, 0).numpy())
 
 
 def split_pairs(shard_dir: Path, max_images: int | None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -81,11 +70,11 @@ class GridWriter:
 
     def __call__(self, key: str, degraded: np.ndarray, restored: np.ndarray, target: np.ndarray) -> None:
         """Save one grid while fewer than ``limit`` were written."""
+        from ast_model.data.files import safe_name
         from ast_model.eval.images import save_png
 
         if len(self.written) < self.limit:
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
-            self.written.append(save_png(self.folder / f"{safe}.png", sample_grid(degraded, restored, target)))
+            self.written.append(save_png(self.folder / f"{safe_name(key)}.png", sample_grid(degraded, restored, target)))
 
 
 def _stage_run(run_id: str | None, experiment: str, tags: dict[str, str]) -> tuple[Any, str]:
@@ -156,6 +145,7 @@ def preflight(
     from ast_model.data.shards import shard_problems
     from ast_model.eval.config import EvaluateConfig
     from ast_model.preflight import output_dir_problem
+    from ast_model.runtime import resolve_device
     from pipelines.errors import PreflightError
     from pipelines.params import check_profile_and_section, stage_params
     from pipelines.tracking import tracking_problem
@@ -167,8 +157,8 @@ def preflight(
     device = None
     if cfg is not None:
         try:
-            device = _device(cfg.device)
-        except (ConfigError, RuntimeError) as exc:
+            device = resolve_device(cfg.device)
+        except (ValueError, RuntimeError) as exc:
             problems.append(f"{section}.device={cfg.device!r}: {exc}")
         if device is not None and cfg.precision != "fp32" and device.type != "cuda":
             problems.append(f"{section}.precision={cfg.precision} needs a CUDA device (evaluating on {device})")

@@ -16,9 +16,8 @@ from typing import Any, Iterable, Literal, Sequence
 from PIL import Image
 from tqdm import tqdm
 
-from ast_model.data.files import ImageFileError, check_mode, sha256_file
+from ast_model.data.files import IMAGE_SUFFIXES, ImageFileError, check_mode, sha256_file
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 class SourceError(ValueError):
@@ -185,7 +184,7 @@ def check_pairs(
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder`` (any of :data:`IMAGE_EXTS`, case-insensitive).
+    """Image files directly inside ``folder`` (any of :data:`IMAGE_SUFFIXES`, case-insensitive).
 
     Args:
         folder: the folder.
@@ -194,4 +193,4 @@ def list_images(folder: Path) -> list[Path]:
         The files sorted by name, for a reproducible manifest and messages; pairing never relies on
         this order (readers pair by name or index).
     """
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

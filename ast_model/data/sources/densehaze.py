@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ast_model.data.sources.base import IMAGE_EXTS, PairRef
+from ast_model.data.files import IMAGE_SUFFIXES
+from ast_model.data.sources.base import PairRef
 
 DEFAULT_SPLITS = {"train": "1-45", "val": "46-50", "test": "51-55"}
 _NAME = re.compile(r"^(\d+)_(hazy|GT)$", re.IGNORECASE)
@@ -58,7 +59,7 @@ def scan(root: Path, subset: str) -> tuple[list[PairRef], list[str]]:
     found: dict[str, dict[int, Path]] = {"hazy": {}, "gt": {}}
     problems: list[str] = []
     for path in sorted(root.rglob("*")):
-        match = _NAME.match(path.stem) if path.suffix.lower() in IMAGE_EXTS else None
+        match = _NAME.match(path.stem) if path.suffix.lower() in IMAGE_SUFFIXES else None
         if not match or int(match.group(1)) not in wanted:
             continue
         number, kind = int(match.group(1)), match.group(2).lower()
