@@ -9,6 +9,7 @@ Only rank 0 talks to MLflow; the other ranks receive the run id from it (:mod:`a
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -311,6 +312,27 @@ class MlflowTracker:
         tracker._log_params(flatten(params), logged)
         log.info("MLflow run %s (%s)", tracker.run_id, tracking_uri())
         return tracker
+
+    def log_dataset(self, name: str, split_dir: str | Path, *, context: str, tags: Mapping[str, str] | None = None) -> None:
+        """Record a shard split as an MLflow dataset input of the run (the run's "Datasets used").
+
+        The digest is the split's index sha256 (which lists every shard's sha256): equal digests mean the
+        same samples. Its profile holds the sample and shard counts, the full index hash and ``tags`` (e.g.
+        the ``dvc.lock`` md5 of the shard output), so a registered version leads back to its exact data.
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        from ast_model.data.shards import read_index
+
+        split_dir = Path(split_dir)
+        index = read_index(split_dir)
+        digest = index_sha256(split_dir)
+        profile = {"samples": index.get("samples"), "shards": len(index.get("shards", [])),
+                   "index_sha256": digest, "task": index.get("task"), **dict(tags or {})}
+        dataset = Dataset(name=f"{name}/{split_dir.name}", digest=digest[:32], source_type="local",
+                          source=split_dir.resolve().as_uri(), profile=json.dumps(profile, sort_keys=True))
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[
+            InputTag("mlflow.data.context", context)])])
 
     def _log_params(self, flat: dict[str, str], logged: Mapping[str, str]) -> None:
         from mlflow.entities import Param

@@ -171,9 +171,15 @@ def _tracker_factory(spec: Any):
         params = {"train": spec.train.to_dict(), "model": {"name": spec.model_name, **spec.model_kwargs},
                   "resolved": {"world_size": spec.world_size, "total_steps": spec.total_steps,
                                "phases": [dataclasses.asdict(s) for s in spec.phases]}}
-        return MlflowTracker.start(experiment=spec.train.experiment, run_name=f"train-{spec.profile}",
-                                   params=params, tags={**spec.tags, "train.fingerprint": spec.fingerprint()},
-                                   resume_run_id=resume_run_id, stale_run_id=stale_run_id)
+        tracker = MlflowTracker.start(experiment=spec.train.experiment, run_name=f"train-{spec.profile}",
+                                      params=params, tags={**spec.tags, "train.fingerprint": spec.fingerprint()},
+                                      resume_run_id=resume_run_id, stale_run_id=stale_run_id)
+        if resume_run_id is None:  # lineage: the exact data, as MLflow dataset inputs (once per run)
+            dvc = {k: v for k, v in spec.tags.items() if k.startswith("data.dvc.")}
+            tracker.log_dataset(spec.train.dataset, spec.train_dir, context="training", tags=dvc)
+            if spec.val_dir:
+                tracker.log_dataset(spec.train.dataset, spec.val_dir, context="validation", tags=dvc)
+        return tracker
 
     return make
 

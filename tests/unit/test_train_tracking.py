@@ -87,3 +87,27 @@ def test_a_run_is_created_resumed_and_finished(tmp_path: Path, monkeypatch) -> N
     artifacts = [a.path for a in c.list_artifacts(run.info.run_id, "images")]
     assert artifacts and all("val_key_1" in a for a in artifacts)
     assert any((tmp_path / "mlartifacts" / "exp").rglob("*.png"))  # beside the database, not ./mlruns
+
+
+def test_the_training_data_is_an_mlflow_dataset_input_with_its_index_hash(tmp_path: Path, monkeypatch) -> None:
+    """Lineage: from the run, the exact shards (index sha256, counts, DVC md5) and where they live."""
+    from mlflow import MlflowClient
+
+    from ast_model.artifacts import index_sha256
+    from tests.shards import write_tiny_split
+
+    split = tmp_path / "shards" / "tiny" / "train"
+    write_tiny_split(split, n=4, n_shards=2)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    t = MlflowTracker.start(experiment="exp", run_name="train-x", params={}, tags={})
+    t.log_dataset("tiny", split, context="training", tags={"data.dvc.data/shards": "abc123.dir"})
+    t.finish("FINISHED")
+    inputs = MlflowClient(uri).get_run(t.run_id).inputs.dataset_inputs
+    assert len(inputs) == 1
+    ds = inputs[0].dataset
+    profile = json.loads(ds.profile)
+    assert ds.name == "tiny/train" and ds.digest == index_sha256(split)[:32] and ds.source == split.resolve().as_uri()
+    assert profile["samples"] == 4 and profile["shards"] == 2 and profile["index_sha256"] == index_sha256(split)
+    assert profile["data.dvc.data/shards"] == "abc123.dir"
+    assert [(tag.key, tag.value) for tag in inputs[0].tags] == [("mlflow.data.context", "training")]
