@@ -16,7 +16,7 @@ from ast_model.data.shards import verify_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-COPY = ["dvc.yaml", "params.yaml", ".gitignore", "ast_model", "pipelines"]
+COPY = ["dvc.yaml", "params.yaml", ".gitignore", "requirements.txt", "ast_model", "pipelines"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,3 +83,42 @@ def test_dvc_repro_shard_builds_verified_shards_and_is_then_up_to_date(repo) -> 
     assert "didn't change, skipping" in again.stdout or "up to date" in again.stdout.lower()
     status = _run([dvc, "status", "shard"], work, env)
     assert "changed" not in status.stdout
+
+
+def _fake_outputs(work: Path, tasks: list[str]) -> None:
+    """Stand-ins for every stage's outputs, so `dvc commit` can record the pipeline without running it."""
+    for folder in ("data/prepared/x", "data/shards/embedded_rain/test", "data/shards/embedded_raindrop/test",
+                   "data/shards/embedded_haze/test"):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+        (work / folder / "f").write_text("x")
+    for task in tasks:
+        (work / "models" / task).mkdir(parents=True)
+        (work / "models" / task / "final.pt").write_text(task)
+        (work / "metrics").mkdir(exist_ok=True)
+        (work / "metrics" / f"{task}.json").write_text("{}")
+        (work / "reports" / task / "samples").mkdir(parents=True)
+        (work / "reports" / task / "samples" / "a.png").write_text(task)
+        (work / "reports" / task / "registry.json").write_text("{}")
+
+
+def test_a_changed_task_param_reruns_that_task_only(repo) -> None:
+    """foreach over `tasks`: train@/evaluate@/register@<task> depend on `train` and `tasks.<task>` only."""
+    from pipelines.params import write_overrides
+
+    work, env = repo
+    dvc = str(BIN / "dvc")
+    tasks = list(yaml.safe_load((work / "params.yaml").read_text())["tasks"])
+    assert tasks == ["rain", "raindrop", "haze"]
+    _fake_outputs(work, tasks)
+    _run([dvc, "commit", "-f"], work, env)  # record every stage as done, without running it
+    assert "up to date" in _run([dvc, "status"], work, env).stdout
+
+    write_overrides(work / "params.yaml", {"tasks.raindrop.train.log_every": 5})
+    changed = yaml.safe_load(_run([dvc, "status", "--json"], work, env).stdout)
+    # tasks.raindrop is a params dep of all three of raindrop's stages, of no other stage
+    assert sorted(changed) == ["evaluate@raindrop", "register@raindrop", "train@raindrop"], changed
+
+    write_overrides(work / "params.yaml", {"tasks.raindrop.train.log_every": 10, "train.log_every": 20})
+    changed = yaml.safe_load(_run([dvc, "status", "--json"], work, env).stdout)
+    assert {"train@rain", "train@raindrop", "train@haze"} <= set(changed), changed  # shared keys: every task
+    assert "prepare" not in changed and "shard" not in changed
