@@ -87,7 +87,7 @@ def drop_path_rates(depths: tuple[int, ...], rate: float) -> list[list[float]]:
     Encoder: ``linspace(0, rate, sum(depths[:4]))`` sliced per level; bottleneck: ``rate`` everywhere;
     decoder: the encoder list reversed, sliced per level.
     """
-    enc = torch.linspace(0, rate, sum(depths[:4])).tolist()
+    enc = torch.linspace(0, rate, sum(depths[:4]), device="cpu").tolist()  # cpu: also under a meta default device
     dec = enc[::-1]
     out, i, j = [], 0, 0
     for k, d in enumerate(depths):
