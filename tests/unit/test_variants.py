@@ -12,8 +12,9 @@ from ast_model.nn.attention import ATTENTIONS, WindowASSA, WindowAttention
 from ast_model.nn.channel_attention import ChannelAttention
 from ast_model.nn.ffn import FFNS, FRFN
 
-# Shifted windows are exercised too: the last decoder level has a second (shifted) block.
-TINY = dict(embed_dim=8, depths=(1, 1, 1, 1, 1, 1, 1, 1, 2))
+# Shifted windows are exercised too: the last decoder level has a second (shifted) block; windows of 4
+# pad inputs to 64 px (fast on a shared CPU).
+TINY = dict(embed_dim=8, depths=(1, 1, 1, 2, 1, 1, 1, 1, 2), win_size=4)
 FRFN_ROWS = {  # the paper's Table 9: (enhance, ease, dwconv)
     "a": (False, False, True),
     "b": (True, False, True),
@@ -39,7 +40,7 @@ VARIANTS = (
 def test_variant_builds_and_runs_forward_backward_at_odd_sizes(overrides: dict) -> None:
     torch.manual_seed(0)
     model = ast_model.create_model("ast_t", **TINY, **overrides, drop_path_rate=0.0).train()
-    x = torch.rand(2, 3, 37, 45)  # odd sides: padded to 128 x 128 inside and cropped back
+    x = torch.rand(2, 3, 37, 45)  # odd sides: padded to 64 x 64 inside and cropped back
     y = model(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
     (y - x).square().mean().backward()
@@ -68,7 +69,7 @@ def test_window_softmax_and_relu2_are_the_two_branches_of_assa(attention: str, b
                 m.w.copy_(torch.tensor([0.0, -1e4]) if branch == 0 else torch.tensor([-1e4, 0.0]))
     variant = ast_model.create_model("ast_t", **TINY, attention=attention).eval()
     _copy_shared(assa, variant)
-    x = torch.rand(1, 3, 128, 128)
+    x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(variant(x), assa(x), rtol=0, atol=1e-5)
 
@@ -117,6 +118,8 @@ def test_frfn_switches_shape_the_module() -> None:
         ast_model.create_model("ast_t", ffn="gdfn", frfn_ease=False)
     with pytest.raises(ValueError, match="unknown attention 'swin'; registered: .*window_softmax"):
         ast_model.create_model("ast_t", attention="swin")
+    with pytest.raises(ValueError, match="as many blocks as the encoder"):
+        ast_model.create_model("ast_t", depths=(1,) * 8 + (2,))
 
 
 def _meta_model(**overrides) -> torch.nn.Module:
