@@ -100,7 +100,9 @@ def attention_entropy(model: nn.Module, images: Iterable[torch.Tensor]) -> Atten
     """
     layers = _window_attentions(model)
     if not layers:
-        raise ValueError("attention_entropy needs a model with window attention (assa, window_softmax, window_relu2, ...)")
+        raise ValueError(
+            "attention_entropy needs a model with window attention (assa, window_softmax, window_relu2, ...)"
+        )
     sums = {name: torch.zeros(m.num_heads, dtype=torch.float64) for name, m in layers}
     counts = {name: torch.zeros(m.num_heads, dtype=torch.float64) for name, m in layers}
     empty = 0

@@ -65,7 +65,9 @@ class ASTConfig:
         if sum(self.depths[5:]) != sum(self.depths[:4]):
             # The decoder's stochastic-depth rates are the encoder's reversed (official schedule): a
             # different total would silently drop decoder blocks.
-            raise ValueError(f"depths {list(self.depths)}: the decoder levels must have as many blocks as the encoder levels")
+            raise ValueError(
+                f"depths {list(self.depths)}: the decoder levels must have as many blocks as the encoder levels"
+            )
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode {self.pad_mode!r} is not one of {PAD_MODES}")
         if self.ffn != "frfn" and not (self.frfn_enhance and self.frfn_ease and self.frfn_dwconv):

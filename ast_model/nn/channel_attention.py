@@ -177,8 +177,10 @@ class CondensedAttention(nn.Module):
         )
         per = sp // ch
         # CODE interleaves the channel groups between the two attentions (a fixed permutation).
-        self.register_buffer("_to_channel", torch.tensor([i + j * ch for i in range(ch) for j in range(per)]), persistent=False)
-        self.register_buffer("_to_spatial", torch.tensor([i + j * per for i in range(per) for j in range(ch)]), persistent=False)
+        to_channel = [i + j * ch for i in range(ch) for j in range(per)]
+        to_spatial = [i + j * per for i in range(per) for j in range(ch)]
+        self.register_buffer("_to_channel", torch.tensor(to_channel), persistent=False)
+        self.register_buffer("_to_spatial", torch.tensor(to_spatial), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``; H and W divisible by ``shuffle``."""

@@ -70,8 +70,12 @@ def test_entropy_is_the_mean_over_layers_of_head_means_of_row_entropies() -> Non
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     captured: dict[str, list] = {}
+
+    def keep_inputs(name: str):
+        return lambda mod, args, kwargs: captured.setdefault(name, []).append(args)
+
     hooks = [
-        m.register_forward_pre_hook(lambda mod, args, kw, name=name: captured.setdefault(name, []).append(args), with_kwargs=True)
+        m.register_forward_pre_hook(keep_inputs(name), with_kwargs=True)
         for name, m in model.named_modules() if name.endswith(".attn")
     ]
     x = torch.rand(1, 3, 64, 64)
@@ -101,7 +105,8 @@ def test_entropy_needs_window_attention() -> None:
 def test_branch_weights_per_layer_and_plot() -> None:
     model = ast_model.create_model("ast_t")
     weights = branch_weights(model)
-    assert [w.label for w in weights] == [f"{lvl}.{i}" for lvl in ("bn", "dec0", "dec1", "dec2", "dec3") for i in (0, 1)]
+    levels = ("bn", "dec0", "dec1", "dec2", "dec3")
+    assert [w.label for w in weights] == [f"{level}.{i}" for level in levels for i in (0, 1)]
     assert all(w.dense == 0.5 and w.sparse == 0.5 for w in weights)  # Eq. 7 with a = (1, 1) at init
     with torch.no_grad():
         model.decoderlayer_3.blocks[1].attn.w.copy_(torch.tensor([0.0, math.log(3.0)]))
