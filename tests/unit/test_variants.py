@@ -172,3 +172,15 @@ def test_params_and_macs_relations_between_variants() -> None:
     assert count_params(_meta_model(**_frfn_row("c"))) == p - sum(2 * 9 * (d // 4) ** 2 for d in dims)
     # Top-k adds exactly its four selection weights per attention block to channel attention.
     assert count_params(_meta_model(attention="topk")) == count_params(_meta_model(attention="channel_softmax")) + 40
+
+
+def test_variant_checkpoint_round_trips_with_its_config(tmp_path) -> None:
+    """A trained variant is restored from the project checkpoint alone (its switches are in the config)."""
+    torch.manual_seed(4)
+    model = ast_model.create_model("ast_t", **TINY, attention="window_meta_acon", frfn_ease=False).eval()
+    path = ast_model.save_checkpoint(model, tmp_path / "variant.pt")
+    loaded = ast_model.load_checkpoint(path)
+    assert (loaded.config.attention, loaded.config.frfn_ease) == ("window_meta_acon", False)
+    x = torch.rand(1, 3, 20, 30)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
