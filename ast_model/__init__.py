@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from ast_model.checkpoint import load_checkpoint, load_official, save_checkpoint
     from ast_model.flops import count_macs
-    from ast_model.nn.registry import create_model, list_models, model_config
+    from ast_model.nn.variants import create_model, list_models, model_config
 
 _EXPORTS = {
     "count_macs": "ast_model.flops",
-    "create_model": "ast_model.nn.registry",
-    "list_models": "ast_model.nn.registry",
+    "create_model": "ast_model.nn.variants",
+    "list_models": "ast_model.nn.variants",
     "load_checkpoint": "ast_model.checkpoint",
     "load_official": "ast_model.checkpoint",
-    "model_config": "ast_model.nn.registry",
+    "model_config": "ast_model.nn.variants",
     "save_checkpoint": "ast_model.checkpoint",
 }
 

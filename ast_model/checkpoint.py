@@ -5,9 +5,11 @@ Project format (a plain dict, loadable with ``torch.load(weights_only=True)``)::
     {"format": "ast-pipeline", "version": 1, "variant": "ast_t",
      "config": {...ASTConfig fields...}, "state_dict": {...}, "meta": {...}}
 
-State-dict keys never carry ``module.``; they are the official tensor names, so an official checkpoint
-is just a state dict with a wrapper and a prefix (``{'epoch', 'state_dict', 'optimizer'}``, keys
-``module.*``), converted by :func:`convert_official_state_dict`.
+State-dict keys never carry ``module.``; they are the official tensor names except for the blocks'
+feed-forward, ``mlp`` there and ``ffn`` here. So an official checkpoint is a state dict with a wrapper,
+a prefix (``{'epoch', 'state_dict', 'optimizer'}``, keys ``module.*``) and that one renamed attribute,
+converted by :func:`convert_official_state_dict` (:func:`official_key` / :func:`project_key` map single
+keys). Project checkpoints written before the rename carry ``mlp`` too and load the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from ast_model.data.files import atomic_write_bytes
 from ast_model.nn.ast import AST, ASTConfig
-from ast_model.nn.registry import _VARIANTS, create_model
+from ast_model.nn.variants import _VARIANTS, create_model
 
 FORMAT = "ast-pipeline"
 VERSION = 1
@@ -92,15 +94,36 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint version {data.get('version')} is not supported (want {VERSION})")
     model = AST(ASTConfig(**data["config"]))
     model.variant = data.get("variant")
-    load_state_dict_strict(model, data["state_dict"], source=str(path))
+    state = {project_key(k): v for k, v in data["state_dict"].items()}  # files from before the mlp -> ffn rename
+    load_state_dict_strict(model, state, source=str(path))
     model.checkpoint_meta = data.get("meta", {})
     return model.to(map_location).eval()
+
+
+# Official tensor-name parts that differ from ours: (official, ours). The block's feed-forward is an
+# attribute called `mlp` in the official code, `ffn` here.
+_RENAMED = ((".mlp.", ".ffn."),)
+
+
+def project_key(official: str) -> str:
+    """Our name of the tensor an official state dict (without ``module.``) calls ``official``."""
+    for theirs, ours in _RENAMED:
+        official = official.replace(theirs, ours)
+    return official
+
+
+def official_key(key: str) -> str:
+    """The official name of our tensor ``key`` (inverse of :func:`project_key`)."""
+    for theirs, ours in _RENAMED:
+        key = key.replace(ours, theirs)
+    return key
 
 
 def convert_official_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Official checkpoint (``{'epoch', 'state_dict', 'optimizer'}`` or a bare state dict) -> our keys.
 
-    Strips a ``module.`` prefix (DataParallel) from every key that has one.
+    Strips a ``module.`` prefix (DataParallel) from every key that has one and renames the official
+    ``mlp`` attribute to ``ffn`` (:func:`project_key`); keys already in our naming pass unchanged.
     """
     sd = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
     if not isinstance(sd, Mapping):
@@ -109,7 +132,7 @@ def convert_official_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tenso
     for key, value in sd.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
-        out[key[len("module."):] if key.startswith("module.") else key] = value
+        out[project_key(key[len("module."):] if key.startswith("module.") else key)] = value
     return out
 
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ast_model.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_official, read_checkpoint
 from ast_model.eval.images import IMAGE_SUFFIXES, ImageReadError, read_image, save_png
 from ast_model.eval.restore import CPU_AUTO_TILE, RestoreOptions, restore_image
-from ast_model.nn.registry import list_models
+from ast_model.nn.variants import list_models
 from ast_model.preflight import output_dir_problem
 from ast_model.runtime import tune_allocator
 

@@ -14,7 +14,9 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 3, 256, 256)) 
     """MACs of one forward pass: ``FlopCounterMode`` FLOPs / 2.
 
     Counts convolutions, linear layers and matmuls (element-wise ops are not counted), which is the
-    convention of docs/model.md#cost: AST-T = 13.44 G and AST-B = 109.83 G at 1x3x256x256.
+    convention behind the paper's "FLOPs" (Sec. 4.5: counted at a 256x256 input; docs/model.md#cost):
+    AST-T = 13.44 G and AST-B = 109.83 G at 1x3x256x256 (the paper's 13.35 G for AST-T is 0.7 % lower: its
+    counter differs in what it counts, see docs/ablations.md).
 
     Args:
         model: any module. A copy on the ``meta`` device is run (eval mode, ``no_grad``): shapes only,
@@ -29,3 +31,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 3, 256, 256)) 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         meta(x)
     return counter.get_total_flops() // 2
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (the paper's "Params"; buffers such as the relative position index excluded)."""
+    return sum(p.numel() for p in model.parameters())

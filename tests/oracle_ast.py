@@ -1,6 +1,7 @@
 """Test oracle: the official AST forward pass, re-expressed functionally from docs/model.md.
 
-It shares no code with ``ast_model``: it works on a raw state dict with the official key names, keeps the
+It shares no code with ``ast_model``: it works on a raw state dict with the official key names (the
+block feed-forward is ``mlp.*``; map our keys with ``ast_model.checkpoint.official_key``), keeps the
 official square token layout (``H = W = int(sqrt(L))``), takes the per-block window/shift settings from
 ``official_ast_state_dict_*.json`` (``blocks_img_size_*``), and builds the shift mask per block as the
 official code does. Run in float64 it is the ground truth the fast model is compared against.
@@ -128,13 +129,13 @@ def official_forward(sd: Mapping[str, torch.Tensor], blocks: list[dict], x: torc
         blocks: ``blocks_img_size_128`` (or ``_256``) from the official JSON: per-block win/shift/heads.
         x: ``(B, 3, S, S)``.
     """
-    by_stage: dict[str, list[dict]] = {}
+    by_level: dict[str, list[dict]] = {}
     for meta in blocks:
-        stage = meta["name"].rsplit(".blocks.", 1)[0]
-        by_stage.setdefault(stage, []).append(meta)
+        level = meta["name"].rsplit(".blocks.", 1)[0]
+        by_level.setdefault(level, []).append(meta)
 
-    def stage(name: str, y: torch.Tensor) -> torch.Tensor:
-        for meta in by_stage[name]:
+    def level(name: str, y: torch.Tensor) -> torch.Tensor:
+        for meta in by_level[name]:
             y = _block(sd, meta["name"] + ".", meta, y)
         return y
 
@@ -142,14 +143,14 @@ def official_forward(sd: Mapping[str, torch.Tensor], blocks: list[dict], x: torc
     y = y.flatten(2).transpose(1, 2)
     skips = []
     for i in range(4):
-        y = stage(f"encoderlayer_{i}", y)
+        y = level(f"encoderlayer_{i}", y)
         skips.append(y)
         y = F.conv2d(_to_img(y), sd[f"dowsample_{i}.conv.0.weight"], sd[f"dowsample_{i}.conv.0.bias"], stride=2, padding=1)
         y = y.flatten(2).transpose(1, 2)
-    y = stage("conv", y)
+    y = level("conv", y)
     for k in range(4):
         y = F.conv_transpose2d(_to_img(y), sd[f"upsample_{k}.deconv.0.weight"], sd[f"upsample_{k}.deconv.0.bias"], stride=2)
         y = torch.cat([y.flatten(2).transpose(1, 2), skips[3 - k]], -1)
-        y = stage(f"decoderlayer_{k}", y)
+        y = level(f"decoderlayer_{k}", y)
     out = F.conv2d(_to_img(y), sd["output_proj.proj.0.weight"], sd["output_proj.proj.0.bias"], padding=1)
     return x + out

@@ -1,4 +1,4 @@
-"""The U-shaped AST network (docs/model.md#network), for any input size.
+"""The U-shaped AST network (paper Sec. 3.1, Fig. 2; docs/model.md#network), for any input size.
 
 Padding: the network needs both sides to be multiples of ``16 * win_size`` (four 2x downsamplings, then
 ``win x win`` windows in the bottleneck): 128 with the official window 8. The model pads the bottom and
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ast_model.nn.blocks import Stage
+from ast_model.nn.blocks import Level
 from ast_model.nn.windows import to_features, to_image
 
 PAD_MODES = ("reflect", "replicate", "zeros")
@@ -31,6 +31,10 @@ class ASTConfig:
 
     ``bottleneck_shift`` reproduces a model built at img_size >= 256 (the second bottleneck block
     shifts its windows); the default False is the official test configuration (built at 128).
+
+    ``attention`` and ``ffn`` name a registered attention / feed-forward (the paper's ablations,
+    ``docs/ablations.md``); ``frfn_enhance``, ``frfn_ease``, ``frfn_dwconv`` are FRFN's switches (Table 9),
+    all True for the official FRFN and only valid with ``ffn="frfn"``.
     """
 
     embed_dim: int = 32
@@ -47,6 +51,9 @@ class ASTConfig:
     drop_path_rate: float = 0.1
     attention: str = "assa"
     ffn: str = "frfn"
+    frfn_enhance: bool = True
+    frfn_ease: bool = True
+    frfn_dwconv: bool = True
     bottleneck_shift: bool = False
     pad_mode: str = "reflect"
 
@@ -55,8 +62,23 @@ class ASTConfig:
         self.num_heads = tuple(self.num_heads)
         if len(self.depths) != 9 or len(self.num_heads) != 9:
             raise ValueError("depths and num_heads need 9 entries (enc0..enc3, bottleneck, dec0..dec3)")
+        if sum(self.depths[5:]) != sum(self.depths[:4]):
+            # The decoder's stochastic-depth rates are the encoder's reversed (official schedule): a
+            # different total would silently drop decoder blocks.
+            raise ValueError(
+                f"depths {list(self.depths)}: the decoder levels must have as many blocks as the encoder levels"
+            )
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode {self.pad_mode!r} is not one of {PAD_MODES}")
+        if self.ffn != "frfn" and not (self.frfn_enhance and self.frfn_ease and self.frfn_dwconv):
+            raise ValueError(f"frfn_enhance / frfn_ease / frfn_dwconv switch FRFN only; ffn is {self.ffn!r}")
+
+    @property
+    def ffn_options(self) -> dict:
+        """Keyword arguments of the feed-forward beyond dim and hidden_dim (FRFN's switches)."""
+        if self.ffn != "frfn":
+            return {}
+        return dict(enhance=self.frfn_enhance, ease=self.frfn_ease, dwconv=self.frfn_dwconv)
 
     def to_dict(self) -> dict:
         """Plain dict (lists, not tuples) for checkpoints and logging."""
@@ -66,12 +88,12 @@ class ASTConfig:
 
 
 def drop_path_rates(depths: tuple[int, ...], rate: float) -> list[list[float]]:
-    """Per-block stochastic depth for the 9 stages (docs/model.md#stochastic-depth).
+    """Per-block stochastic depth for the 9 levels, as the official code sets it (docs/model.md#stochastic-depth).
 
-    Encoder: ``linspace(0, rate, sum(depths[:4]))`` sliced per stage; bottleneck: ``rate`` everywhere;
-    decoder: the encoder list reversed, sliced per stage.
+    Encoder: ``linspace(0, rate, sum(depths[:4]))`` sliced per level; bottleneck: ``rate`` everywhere;
+    decoder: the encoder list reversed, sliced per level.
     """
-    enc = torch.linspace(0, rate, sum(depths[:4])).tolist()
+    enc = torch.linspace(0, rate, sum(depths[:4]), device="cpu").tolist()  # cpu: also under a meta default device
     dec = enc[::-1]
     out, i, j = [], 0, 0
     for k, d in enumerate(depths):
@@ -143,26 +165,27 @@ class AST(nn.Module):
         c, win = cfg.embed_dim, cfg.win_size
         dpr = drop_path_rates(cfg.depths, cfg.drop_path_rate)
         common = dict(win_size=win, mlp_ratio=cfg.mlp_ratio, ffn=cfg.ffn, qkv_bias=cfg.qkv_bias,
-                      qk_scale=cfg.qk_scale, attn_drop=cfg.attn_drop_rate, drop=cfg.drop_rate)
+                      qk_scale=cfg.qk_scale, attn_drop=cfg.attn_drop_rate, drop=cfg.drop_rate,
+                      ffn_options=cfg.ffn_options)
 
         def shifts(depth: int, shifted: bool = True) -> list[int]:
             return [win // 2 if (i % 2 and shifted) else 0 for i in range(depth)]
 
-        def stage(k: int, dim: int, attention: str | None, shifted: bool = True) -> Stage:
-            return Stage(dim, cfg.num_heads[k], dpr[k], shifts(cfg.depths[k], shifted), attention=attention, **common)
+        def level(k: int, dim: int, attention: str | None, shifted: bool = True) -> Level:
+            return Level(dim, cfg.num_heads[k], dpr[k], shifts(cfg.depths[k], shifted), attention=attention, **common)
 
         self.input_proj = InputProj(cfg.in_chans, c)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        # Encoder: attention-free blocks (docs/model.md#blocks), channels C, 2C, 4C, 8C.
+        # Encoder: attention-free blocks (paper Sec. 3.1; docs/model.md#blocks), channels C, 2C, 4C, 8C.
         for i in range(4):
-            setattr(self, f"encoderlayer_{i}", stage(i, c * 2**i, None))
+            setattr(self, f"encoderlayer_{i}", level(i, c * 2**i, None))
             setattr(self, f"dowsample_{i}", Downsample(c * 2**i, c * 2 ** (i + 1)))
-        self.conv = stage(4, c * 16, cfg.attention, shifted=cfg.bottleneck_shift)
+        self.conv = level(4, c * 16, cfg.attention, shifted=cfg.bottleneck_shift)
         # Decoder: up0 halves 16C -> 8C; up1..up3 quarter (the concat doubles the decoder widths).
         ups = [(16 * c, 8 * c), (16 * c, 4 * c), (8 * c, 2 * c), (4 * c, c)]
         for k, (cin, cout) in enumerate(ups):
             setattr(self, f"upsample_{k}", Upsample(cin, cout))
-            setattr(self, f"decoderlayer_{k}", stage(5 + k, 2 * cout, cfg.attention))
+            setattr(self, f"decoderlayer_{k}", level(5 + k, 2 * cout, cfg.attention))
         self.output_proj = OutputProj(2 * c, cfg.out_chans)
         self._compiled: tuple[int, Callable[[torch.Tensor], torch.Tensor], bool] | None = None  # compile_network
         self.apply(_init_weights)
@@ -208,7 +231,7 @@ class AST(nn.Module):
 
         The compiled region is everything after the padding, with static shapes: one compilation per
         padded input shape (and per train/eval mode, autocast state, dtype), so every input size that pads
-        to the same multiple of 128 reuses it, and a training stage compiles once for its patch size. The
+        to the same multiple of 128 reuses it, and a progressive-training phase compiles once for its patch size. The
         whole network is one graph (``fullgraph=True``: no graph breaks, no host syncs), so blocks do not
         recompile one by one. Compilation costs tens of seconds to minutes per shape (README, "Precision,
         compile"); it pays off on long runs and on GPUs.

@@ -1,13 +1,14 @@
-"""Transformer blocks and stages of AST (docs/model.md#blocks).
+"""Transformer blocks and levels of AST (paper Sec. 3.1-3.2, Fig. 2; docs/model.md#blocks).
 
 A block is pre-norm residual: ``x + DropPath(attn(LN1(x)))`` (attention blocks only), then
-``x + DropPath(ffn(LN2(x)))``. Attention and feed-forward are chosen by name, so ablation variants plug in
-without touching this file.
+``x + DropPath(ffn(LN2(x)))``. A level is the sequence of blocks at one resolution of the U-shaped
+network (an encoder level, the bottleneck, a decoder level). Attention and feed-forward are chosen by
+name, so the ablation variants plug in without touching this file.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -58,6 +59,7 @@ class TransformerBlock(nn.Module):
         ffn: registered feed-forward name.
         drop_path: stochastic depth rate (0 gives an identity).
         qkv_bias, qk_scale, attn_drop, drop: passed to the attention.
+        ffn_options: extra keyword arguments of the feed-forward (e.g. FRFN's switches).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class TransformerBlock(nn.Module):
         qk_scale: float | None = None,
         attn_drop: float = 0.0,
         drop: float = 0.0,
+        ffn_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.win_size, self.shift_size = win_size, shift_size
@@ -86,15 +89,23 @@ class TransformerBlock(nn.Module):
         self.has_attention = attention is not None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = build_ffn(ffn, dim=dim, hidden_dim=int(dim * mlp_ratio))
+        # Named `ffn` here; official checkpoints call it `mlp` (ast_model.checkpoint maps the keys).
+        self.ffn = build_ffn(ffn, dim=dim, hidden_dim=int(dim * mlp_ratio), **dict(ffn_options or {}))
+
+    @property
+    def uses_shift_mask(self) -> bool:
+        """Whether this block needs its level's shift mask (a shifted window attention)."""
+        return self.has_attention and self.shift_size > 0 and getattr(self.attn, "windowed", True)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, H, W, C)`` -> same; ``mask`` is this block's ``(nW, N, N)`` shift mask (shifted blocks)."""
         if self.has_attention:
             x = x + self.drop_path(self._attend(self.norm1(x), mask))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(self.ffn(self.norm2(x)))
 
     def _attend(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if not getattr(self.attn, "windowed", True):
+            return self.attn(h)  # a feature-map attention: no windows, so no shift either
         b, hh, ww, c = h.shape
         s, win = self.shift_size, self.win_size
         if s:
@@ -106,11 +117,13 @@ class TransformerBlock(nn.Module):
         return out
 
 
-class Stage(nn.Module):
-    """A sequence of blocks at one resolution (official ``BasicASTLayer``).
+class Level(nn.Module):
+    """The blocks at one resolution: an encoder level, the bottleneck or a decoder level (official
+    ``BasicASTLayer``).
 
     Args:
-        dim, num_heads, win_size, mlp_ratio, attention, ffn, qkv_bias, qk_scale, attn_drop, drop: per block.
+        dim, num_heads, win_size, mlp_ratio, attention, ffn, qkv_bias, qk_scale, attn_drop, drop,
+            ffn_options: per block.
         drop_paths: one stochastic-depth rate per block (its length is the depth).
         shifts: one shift per block (0 or ``win_size // 2``).
     """
@@ -129,12 +142,14 @@ class Stage(nn.Module):
         qk_scale: float | None = None,
         attn_drop: float = 0.0,
         drop: float = 0.0,
+        ffn_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.win_size = win_size
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                dim, num_heads, win_size, shift, mlp_ratio, attention, ffn, dp, qkv_bias, qk_scale, attn_drop, drop
+                dim, num_heads, win_size, shift, mlp_ratio, attention, ffn, dp, qkv_bias, qk_scale, attn_drop, drop,
+                ffn_options,
             )
             for dp, shift in zip(drop_paths, shifts)
         )
@@ -144,7 +159,7 @@ class Stage(nn.Module):
         masks: dict[int, torch.Tensor] = {}
         for blk in self.blocks:
             mask = None
-            if blk.has_attention and blk.shift_size:
+            if blk.uses_shift_mask:
                 s = blk.shift_size
                 if s not in masks:
                     masks[s] = shift_attention_mask(x.shape[1], x.shape[2], self.win_size, s, x.device).to(x.dtype)

@@ -1,12 +1,14 @@
-"""Feed-forward networks, selected by name (``ffn="frfn"``).
+"""Feed-forward networks, selected by name (``ASTConfig.ffn``; default ``"frfn"``).
 
-A feed-forward module maps ``(B, H, W, C)`` features to the same shape (spatial ones need H, W).
-Ablation variants (Table 8/9 of the paper) register here under their own names.
+A feed-forward module maps ``(B, H, W, C)`` features to the same shape (spatial ones need H, W) and is
+built as ``cls(dim=C, hidden_dim=int(C * mlp_ratio), **options)``. Besides FRFN (and its three
+switches, the paper's Table 9) the ablation variants of the paper's Table 8 register here: FFN, DFN,
+GDFN, LeFF. ``docs/ablations.md`` lists them with their sources and equations.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,7 @@ def register_ffn(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return deco
 
 
-def build_ffn(name: str, **kwargs) -> nn.Module:
+def build_ffn(name: str, **kwargs: Any) -> nn.Module:
     """Instantiate a registered feed-forward by name (``ValueError`` naming the choices otherwise)."""
     try:
         cls = FFNS[name]
@@ -42,32 +44,46 @@ def build_ffn(name: str, **kwargs) -> nn.Module:
 
 @register_ffn("frfn")
 class FRFN(nn.Module):
-    """Feature Refinement Feed-forward Network (official ``FRFN``).
+    """Feature Refinement Feed-forward Network (paper Sec. 3.2, Eq. 8; official ``FRFN``).
 
     partial 3x3 conv on the first C/4 channels -> Linear(C, 2*hidden) -> GELU -> split (a, g) ->
     a: depthwise 3x3 conv -> GELU -> ``a * g`` -> Linear(hidden, C). The GELU after ``linear1`` covers
-    both halves (docs/model.md#quirk-9).
+    both halves (docs/model.md#quirk-9; Eq. 8 writes a GELU after W_2 instead, which the code does not have).
+
+    The three switches are the rows of the paper's Table 9 ((d) is all three on, the default):
+
+    - ``enhance``: the partial convolution (PConv of FasterNet, Chen et al., CVPR 2023, the paper's [5]);
+      off: ``linear1`` sees the features unchanged.
+    - ``ease``: the gate; off: no split, the whole ``2*hidden`` output of ``linear1`` goes through the
+      depthwise conv into ``linear2`` (``Linear(2*hidden, C)``).
+    - ``dwconv``: the depthwise 3x3 conv (+ GELU) (MobileNets, Howard et al. 2017, the paper's [22]).
 
     Args:
         dim: channels C.
         hidden_dim: hidden width (``int(C * mlp_ratio)``).
+        enhance, ease, dwconv: the switches above (all True = the official FRFN, fast path).
     """
 
-    def __init__(self, dim: int, hidden_dim: int) -> None:
+    def __init__(self, dim: int, hidden_dim: int, enhance: bool = True, ease: bool = True, dwconv: bool = True) -> None:
         super().__init__()
         self.dim, self.hidden_dim = dim, hidden_dim
+        self.enhance, self.ease, self.use_dwconv = enhance, ease, dwconv
         self.dim_conv = dim // 4
+        inner = hidden_dim if ease else 2 * hidden_dim  # width after the (optional) gate
         self.linear1 = nn.Sequential(nn.Linear(dim, hidden_dim * 2), nn.GELU())
-        self.dwconv = nn.Sequential(
-            nn.Conv2d(hidden_dim, hidden_dim, 3, 1, 1, groups=hidden_dim), nn.GELU()
-        )
-        self.linear2 = nn.Sequential(nn.Linear(hidden_dim, dim))
-        self.partial_conv3 = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False)
+        if dwconv:
+            self.dwconv = nn.Sequential(nn.Conv2d(inner, inner, 3, 1, 1, groups=inner), nn.GELU())
+        self.linear2 = nn.Sequential(nn.Linear(inner, dim))
+        if enhance:
+            self.partial_conv3 = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False)
         self.impl = "fast"
+
+    def extra_repr(self) -> str:
+        return f"enhance={self.enhance}, ease={self.ease}, dwconv={self.use_dwconv}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        if self.impl == "reference":
+        if self.impl == "reference" or not (self.enhance and self.ease and self.use_dwconv):
             return reference.frfn(self, x)
         c4, hid = self.dim_conv, self.hidden_dim
         # Only the first C/4 channels are convolved; a channels-last image view avoids layout copies.
@@ -117,3 +133,100 @@ def _fused_inference_dtype(x: torch.Tensor) -> torch.dtype | None:
         return None
     dtype = compute_dtype(x)
     return dtype if dtype in (torch.float32, torch.bfloat16) else None
+
+
+def _dwconv_features(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A (depthwise) conv on ``(B, H, W, C)`` features through a channels-last image view."""
+    return to_features(conv(to_image(x).contiguous(memory_format=torch.channels_last)))
+
+
+# Width of FFN, DFN and LeFF: with ``2 * hidden_dim`` (8C, the width of FRFN's linear1) the AST-T
+# variants have the 7.77 M / 7.92 M / 7.92 M parameters of the paper's Table 8; with ``hidden_dim`` (4C,
+# the official code's ``Mlp`` / ``LeFF``) they would have 4.97 M / 5.05 M / 5.05 M.
+_TABLE8_WIDTH = 2
+
+
+@register_ffn("ffn")
+class FFN(nn.Module):
+    """The Transformer MLP: ``Linear(C, W) -> GELU -> Linear(W, C)`` with W = ``2 * hidden_dim``.
+
+    Source: ViT (Dosovitskiy et al., ICLR 2021, the paper's [11]), Eq. 3 ("MLP ... two layers with a GELU
+    non-linearity"); Table 8 "FFN".
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        width = _TABLE8_WIDTH * hidden_dim
+        self.fc1 = nn.Linear(dim, width)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(width, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        return self.fc2(self.act(self.fc1(x)))
+
+
+@register_ffn("dfn")
+class DFN(nn.Module):
+    """Locality feed-forward: ``1x1 conv -> h-swish -> depthwise 3x3 conv -> h-swish -> 1x1 conv``.
+
+    Source: LocalViT (Li et al., arXiv:2104.05707, 2021, the paper's [34]), Sec. 3 / Eq. 5-6, with the
+    h-swish of its code; W = ``2 * hidden_dim``. Its code's BatchNorm after each conv (and the optional
+    SE) are left out: the paper's Table 8 gives DFN the same 7.92 M as LeFF, which BatchNorms would
+    exceed (7.96 M). Table 8 "DFN".
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        width = _TABLE8_WIDTH * hidden_dim
+        self.conv1 = nn.Linear(dim, width)  # a 1x1 conv on (B, H, W, C) features
+        self.dwconv = nn.Conv2d(width, width, 3, 1, 1, groups=width)
+        self.conv2 = nn.Linear(width, dim)
+        self.act = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        y = self.act(self.conv1(x))  # (B, H, W, W')
+        y = self.act(_dwconv_features(self.dwconv, y))
+        return self.conv2(y)
+
+
+@register_ffn("gdfn")
+class GDFN(nn.Module):
+    """Gated-Dconv feed-forward: ``1x1 conv (C -> 2h) -> depthwise 3x3 -> GELU(x1) * x2 -> 1x1 conv (h -> C)``.
+
+    Source: Restormer (Zamir et al., CVPR 2022, the paper's [100]), Sec. 3.2 / Eq. 3, without biases as
+    in its code; the hidden width h is ``hidden_dim`` (4C, not Restormer's 2.66C), with which the AST-T
+    variant has the 6.49 M parameters of the paper's Table 8. Table 8 "GDFN".
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.project_in = nn.Linear(dim, hidden_dim * 2, bias=False)
+        self.dwconv = nn.Conv2d(hidden_dim * 2, hidden_dim * 2, 3, 1, 1, groups=hidden_dim * 2, bias=False)
+        self.project_out = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        x1, x2 = _dwconv_features(self.dwconv, self.project_in(x)).chunk(2, dim=-1)  # 2 x (B, H, W, h)
+        return self.project_out(F.gelu(x1) * x2)
+
+
+@register_ffn("leff")
+class LeFF(nn.Module):
+    """Locally-enhanced feed-forward: ``Linear -> GELU -> depthwise 3x3 conv -> GELU -> Linear``.
+
+    Source: Uformer (Wang et al., CVPR 2022, the paper's [82]), Sec. 3.1 (LeFF, Fig. 2c); W =
+    ``2 * hidden_dim``. Table 8 "LeFF".
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        width = _TABLE8_WIDTH * hidden_dim
+        self.linear1 = nn.Sequential(nn.Linear(dim, width), nn.GELU())
+        self.dwconv = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, groups=width), nn.GELU())
+        self.linear2 = nn.Linear(width, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        return self.linear2(_dwconv_features(self.dwconv, self.linear1(x)))

@@ -93,7 +93,7 @@ def _mixed_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, w: to
     return _mix(p, r, w, inplace=True), None, None
 
 
-class _WindowASSA(torch.autograd.Function):
+class _AdaptiveSparseAttention(torch.autograd.Function):
     """``out = (w0 softmax(S) + w1 relu(S)^2) v`` with ``S = q k^T + bias``, per window.
 
     Saves only q, k, v (each N x d per head) and recomputes the N x N scores in the backward pass, so
@@ -153,8 +153,13 @@ class _WindowASSA(torch.autograd.Function):
         return grad_q.to(dq), grad_k.to(dk), grad_v.to(dv), grad_bias, grad_w
 
 
-def window_assa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Adaptive sparse self-attention inside windows (memory-lean autograd, autocast-aware).
+def adaptive_sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    """The ASSA core ``(w0 softmax(S) + w1 relu(S)^2) v`` (paper Eq. 6) on per-window q, k, v.
+
+    Memory-lean autograd, autocast-aware; the whole module (projections, bias gathering) is
+    :class:`ast_model.nn.attention.WindowASSA`.
 
     Args:
         q, k, v: ``(B, nW, h, N, d)``; q already scaled by ``d**-0.5``.
@@ -165,7 +170,7 @@ def window_assa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.T
     Returns:
         ``(B, nW, h, N, d)`` in the matmul dtype (the autocast dtype under autocast, else q's dtype).
     """
-    return _WindowASSA.apply(q, k, v, bias, w)
+    return _AdaptiveSparseAttention.apply(q, k, v, bias, w)
 
 
 class _GatedDWTail(torch.autograd.Function):

@@ -48,7 +48,8 @@ def shift_attention_mask(h: int, w: int, win: int, shift: int, device: torch.dev
 
     The map is labelled with 9 regions (rows ``[0, h-win)``, ``[h-win, h-shift)``, ``[h-shift, h)``,
     columns likewise); inside a window, token pairs from different regions get -100 (the official
-    value, not -inf: see docs/model.md#quirk-4) and pairs from the same region 0.
+    value, not -inf: see docs/model.md#quirk-4; the squared-ReLU branch maps it to 0 only while the raw
+    score is below 100) and pairs from the same region 0.
 
     Returns:
         ``(nW, win*win, win*win)`` float32 mask.

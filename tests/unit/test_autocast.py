@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import ast_model
-from ast_model.nn.functional import compute_dtype, gated_dw_tail, window_assa
+from ast_model.nn.functional import adaptive_sparse_attention, compute_dtype, gated_dw_tail
 from tests.unit.test_model import _randomise
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
@@ -124,7 +124,7 @@ def test_window_assa_under_autocast_matches_plain_ops_and_returns_input_dtypes()
     bias = torch.randn(2, 16, 16, requires_grad=True)
     w = torch.softmax(torch.randn(2), 0).requires_grad_()
     grads = {}
-    for label, fn in (("fast", window_assa), ("plain", _assa_reference)):
+    for label, fn in (("fast", adaptive_sparse_attention), ("plain", _assa_reference)):
         for t in (q, k, v, bias, w):
             t.grad = None
         with torch.autocast(**BF16):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ast_model
+from ast_model.checkpoint import official_key
 from ast_model.nn.ast import drop_path_rates
 from ast_model.nn.attention import WindowASSA
 from ast_model.nn.blocks import DropPath
@@ -26,6 +27,11 @@ def _randomise(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> to
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
     return model
+
+
+def _official_fp64(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict in fp64 under the official tensor names (what the oracle reads)."""
+    return {official_key(k): (v.double() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("name,count", [("ast_t", 6_645_347), ("ast_b", 65_362_455)])
@@ -58,7 +64,7 @@ def test_matches_official_forward(variant: str, side: int, tol: float) -> None:
     torch.manual_seed(1)
     model = _randomise(ast_model.create_model(f"ast_{variant.lower()}"), scale=0.02).eval()
     x = torch.rand(1, 3, side, side)
-    sd64 = {k: (v.double() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    sd64 = _official_fp64(model)
     with torch.no_grad():
         want = official_forward(sd64, official_json(variant)["blocks_img_size_128"], x.double())
         got = model(x)
@@ -71,7 +77,7 @@ def test_bottleneck_shift_option_matches_official_256_build() -> None:
     torch.manual_seed(2)
     model = _randomise(ast_model.create_model("ast_t", bottleneck_shift=True), scale=0.02).eval()
     x = torch.rand(1, 3, 256, 256)
-    sd64 = {k: (v.double() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    sd64 = _official_fp64(model)
     with torch.no_grad():
         want = official_forward(sd64, official_json("T")["blocks_img_size_256"], x.double())
         got = model(x)
@@ -160,7 +166,7 @@ def test_window_partition_round_trip() -> None:
 
 def test_stochastic_depth_rates_match_spec() -> None:
     spec = official_json("T")["blocks_img_size_128"]
-    rates = [r for stage in drop_path_rates((2,) * 9, 0.1) for r in stage]
+    rates = [r for level in drop_path_rates((2,) * 9, 0.1) for r in level]
     order = [f"encoderlayer_{i}" for i in range(4)] + ["conv"] + [f"decoderlayer_{i}" for i in range(4)]
     want = [b["drop_path"] for s in order for b in spec if b["name"].startswith(s + ".")]
     assert rates == pytest.approx(want, abs=1e-6)
@@ -207,7 +213,7 @@ def test_fast_and_reference_paths_agree_forward_and_backward() -> None:
 
 
 def test_custom_autograd_functions_gradcheck() -> None:
-    from ast_model.nn.functional import gated_dw_tail, window_assa
+    from ast_model.nn.functional import adaptive_sparse_attention as assa, gated_dw_tail
 
     torch.manual_seed(8)
     d = dict(dtype=torch.float64, requires_grad=True)
@@ -215,8 +221,8 @@ def test_custom_autograd_functions_gradcheck() -> None:
     bias = torch.randn(2, 4, 4, **d)
     w = torch.softmax(torch.randn(2, dtype=torch.float64), 0).requires_grad_()
     mask = torch.tensor([0.0, -100.0], dtype=torch.float64)[torch.randint(0, 2, (2, 1, 4, 4))]
-    assert torch.autograd.gradcheck(lambda *t: window_assa(*t[:3], t[3] + mask, t[4]), (q, k, v, bias, w))
-    assert torch.autograd.gradcheck(window_assa, (q, k, v, bias, w))
+    assert torch.autograd.gradcheck(lambda *t: assa(*t[:3], t[3] + mask, t[4]), (q, k, v, bias, w))
+    assert torch.autograd.gradcheck(assa, (q, k, v, bias, w))
     a, g = torch.randn(2, 5, 6, 4, **d), torch.randn(2, 5, 6, 4, **d)
     dw_w, dw_b = torch.randn(4, 1, 3, 3, **d), torch.randn(4, **d)
     w2, b2 = torch.randn(3, 4, **d), torch.randn(3, **d)

@@ -7,7 +7,8 @@ from typing import Any
 
 from ast_model.nn.ast import AST, ASTConfig
 
-# What the official `get_arch` builds (docs/model.md#variants); everything else keeps the ASTConfig defaults.
+# What the official `get_arch` builds (docs/model.md#variants); everything else keeps the ASTConfig
+# defaults. Ablation variants are ASTConfig overrides (attention=..., ffn=..., frfn_*=...; docs/ablations.md).
 _VARIANTS: dict[str, dict[str, Any]] = {
     "ast_t": dict(embed_dim=16, depths=(2, 2, 2, 2, 2, 2, 2, 2, 2)),  # 6,645,347 params
     "ast_b": dict(embed_dim=32, depths=(1, 2, 8, 8, 2, 8, 8, 2, 1)),  # 65,362,455 params
