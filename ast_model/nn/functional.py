@@ -28,13 +28,17 @@ import torch
 import torch.nn.functional as F
 
 _AUTOCASTABLE = (torch.float32, torch.float16, torch.bfloat16)
+# Device types with an autocast mode. A constant, not torch.amp.is_autocast_available(): Dynamo in torch
+# 2.11 cannot trace that call inside an autograd.Function, so every compiled fast-path graph failed on a
+# GPU (seen on an H200); torch.is_autocast_enabled(device_type) traces.
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia")
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype autocast would run a matmul on ``x`` in: the autocast dtype when autocast is on for
     ``x``'s device and ``x`` is an autocast-eligible float, else ``x.dtype`` (fp64 is never cast)."""
     dev = x.device.type
-    if x.dtype in _AUTOCASTABLE and torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+    if x.dtype in _AUTOCASTABLE and dev in _AUTOCAST_DEVICES and torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return x.dtype
 
@@ -42,7 +46,7 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 def autocast_off(x: torch.Tensor) -> ContextManager:
     """A context with autocast off on ``x``'s device (a no-op context when it is off already)."""
     dev = x.device.type
-    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+    if dev in _AUTOCAST_DEVICES and torch.is_autocast_enabled(dev):
         return torch.autocast(dev, enabled=False)
     return contextlib.nullcontext()
 
