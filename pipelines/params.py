@@ -264,6 +264,16 @@ def _relabel(line: str, section: str, label: str, overridden: Mapping[str, Any])
     return re.sub(rf"(?<![\w.]){section}\.(\w+)", swap, line)
 
 
+def _yaml11_float(representer: Any, value: float) -> Any:
+    """A float the way PyYAML (YAML 1.1, which reads params.yaml) reads it back: ``1.0e-06``, not ``1e-06`` (a string)."""
+    text = repr(value).lower()
+    if value != value or value in (float("inf"), float("-inf")):
+        text = ".nan" if value != value else ("-.inf" if value < 0 else ".inf")
+    elif "e" in text and "." not in text:
+        text = text.replace("e", ".0e", 1)
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
 def write_overrides(path: str | Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Apply dotted-key overrides to a params file in place, keeping its comments and layout.
 
@@ -286,6 +296,7 @@ def write_overrides(path: str | Path, overrides: Mapping[str, Any]) -> dict[str,
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
+    yaml.representer.add_representer(float, _yaml11_float)
     doc = yaml.load(path.read_text(encoding="utf-8"))
     for key, value in overrides.items():
         _set(doc, _path(str(key)), copy.deepcopy(value), str(key))
