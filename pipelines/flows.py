@@ -51,6 +51,7 @@ from prefect.futures import PrefectFuture, wait
 from prefect.utilities.annotations import allow_failure
 
 from pipelines.errors import EXIT_USER, PreflightError
+from pipelines.params import write_overrides
 
 FLOW_NAME = "ast-pipeline"
 NODE_FLOW_NAME = "ast-train-node"
@@ -166,79 +167,6 @@ def plan_run(root: Path, tasks: Sequence[str] | None, overrides: Mapping[str, An
     if problems:
         raise PreflightError(problems, source=source)
     return RunPlan(params=params, tasks=chosen, nodes=nodes, changed=params != current)
-
-
-def write_params(path: Path, params: Mapping[str, Any]) -> None:
-    """Rewrite the params file with ``params``, keeping its comments and layout; atomic (temp + rename).
-
-    Values are replaced in a round-trip YAML document (comments, order, quotes and one-line ``{...}``
-    styles survive), and every top-level section whose values did not change keeps its original text, so
-    ``git diff params.yaml`` shows only the overrides, as after ``dvc exp run -S``.
-    """
-    import io
-
-    from ruamel.yaml import YAML
-
-    from ast_model.config import read_params
-    from ast_model.data.files import atomic_write_bytes
-
-    original = path.read_text(encoding="utf-8")
-    before = read_params(path)
-    rt = YAML()
-    rt.preserve_quotes = True
-    rt.width = 4096  # a changed section's long flow lists stay on one line rather than being re-wrapped
-    rt.indent(mapping=2, sequence=4, offset=2)  # the file's own block-list style
-    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
-    doc = rt.load(original)
-    _sync(doc, params)
-    buf = io.StringIO()
-    rt.dump(doc, buf)
-    kept = _top_level_blocks(original)
-    parts = [kept.get(None, "")]
-    for key, block in _top_level_blocks(buf.getvalue()).items():
-        if key is not None:
-            parts.append(kept[key] if key in kept and before.get(key) == params.get(key) else block)
-    atomic_write_bytes(path, "".join(parts).encode("utf-8"))
-
-
-def _top_level_blocks(text: str) -> dict[str | None, str]:
-    """Top-level key -> its text (the key's line up to the next top-level key); None -> the text before."""
-    blocks: dict[str | None, str] = {}
-    key: str | None = None
-    for line in text.splitlines(keepends=True):
-        found = re.match(r"([A-Za-z_][\w.-]*)\s*:", line)
-        if found:
-            key = found.group(1)
-        blocks[key] = blocks.get(key, "") + line
-    return blocks
-
-
-def _sync(doc: Any, new: Mapping[str, Any]) -> None:
-    """Make the round-trip mapping ``doc`` equal to ``new``, touching only keys whose values differ."""
-    for key in [k for k in doc if k not in new]:
-        del doc[key]
-    for key, value in new.items():
-        if key in doc and isinstance(doc[key], Mapping) and isinstance(value, Mapping):
-            _sync(doc[key], value)
-        elif key not in doc or doc[key] != value:
-            doc[key] = _styled(value, doc.get(key))
-
-
-def _styled(value: Any, like: Any) -> Any:
-    """``value`` as a round-trip node in the style of the value it replaces (``{a: 1}`` stays on one line)."""
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
-
-    flow = getattr(getattr(like, "fa", None), "flow_style", lambda: False)()
-    if isinstance(value, Mapping):
-        node = CommentedMap((k, _styled(v, like.get(k) if isinstance(like, Mapping) else None)) for k, v in value.items())
-    elif isinstance(value, list):
-        first = like[0] if isinstance(like, list) and like else None
-        node = CommentedSeq(_styled(v, first) for v in value)
-    else:
-        return value
-    if flow:
-        node.fa.set_flow_style()
-    return node
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -554,16 +482,38 @@ def register_task(root: str, task_name: str) -> bool:
 # The results artifact
 
 
-def results_of(root: Path, task_name: str) -> dict[str, Any]:
-    """One task's outcome from the stage outputs: ``metrics/<task>.json`` and ``reports/<task>/registry.json``."""
-    out: dict[str, Any] = {"task": task_name}
-    for key, path in (("metrics", root / "metrics" / f"{task_name}.json"),
-                      ("registry", root / "reports" / task_name / "registry.json")):
+@dataclasses.dataclass(frozen=True)
+class TaskResult:
+    """One task's outcome, read back from its stage outputs (None: that stage has not produced it)."""
+
+    task: str
+    metrics: Any  # ast_model.artifacts.EvaluationMetrics | None (metrics/<task>.json)
+    registry: Any  # pipelines.gate.RegistryRecord | None (reports/<task>/registry.json)
+    status: str  # "ok" or the first task run that did not complete
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the scores (without per-image rows) and the registry record."""
+        metrics = dataclasses.asdict(self.metrics) if self.metrics else None
+        if metrics:
+            metrics.pop("per_image", None)
+        return {"task": self.task, "status": self.status, "metrics": metrics,
+                "registry": dataclasses.asdict(self.registry) if self.registry else None}
+
+
+def results_of(root: Path, task_name: str, status: str = "ok") -> TaskResult:
+    """The task's ``metrics/<task>.json`` and ``reports/<task>/registry.json`` (absent or unreadable: None)."""
+    from ast_model.artifacts import EvaluationMetrics
+    from ast_model.config import ConfigError
+    from pipelines.gate import RegistryRecord
+
+    loaded = []
+    for cls, path in ((EvaluationMetrics, EvaluationMetrics.path(root / "metrics", task_name)),
+                      (RegistryRecord, RegistryRecord.path(root / "reports", task_name))):
         try:
-            out[key] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            out[key] = None
-    return out
+            loaded.append(cls.load(path))
+        except (FileNotFoundError, ConfigError):
+            loaded.append(None)
+    return TaskResult(task_name, loaded[0], loaded[1], status)
 
 
 def _mlflow_links(uri: str, run_ids: Sequence[str]) -> dict[str, str]:
@@ -583,32 +533,35 @@ def _mlflow_links(uri: str, run_ids: Sequence[str]) -> dict[str, str]:
     return links
 
 
-def results_markdown(root: Path, results: Sequence[dict[str, Any]], states: Mapping[str, str]) -> str:
+def results_markdown(root: Path, results: Sequence[TaskResult]) -> str:
     """The flow run's results table: input -> restored PSNR/SSIM, registered version, champion, MLflow links."""
+    from pipelines.run import FLOOR_DB
     from pipelines.tracking import tracking_uri
 
     uri = tracking_uri(root)
-    run_ids = [r["metrics"]["mlflow_run_id"] for r in results if r["metrics"] and r["metrics"].get("mlflow_run_id")]
-    links = _mlflow_links(uri, run_ids)
-    rows = ["| task | dataset | PSNR input → restored (dB) | SSIM input → restored | registered | champion | "
-            "MLflow run | status |", "|---|---|---|---|---|---|---|---|"]
+    http = uri.startswith(("http://", "https://"))
+    links = _mlflow_links(uri, [r.metrics.tracking_run_id for r in results if r.metrics and r.metrics.tracking_run_id])
+    rows = ["| task | dataset | PSNR input → restored (dB) | SSIM input → restored | floor | registered | champion "
+            "| MLflow run | status |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        m, g = r["metrics"] or {}, r["registry"] or {}
-        psnr = f"{m['input_psnr']:.2f} → **{m['psnr']:.2f}** ({m['psnr'] - m['input_psnr']:+.2f})" if m else "–"
-        ssim = f"{m['input_ssim']:.4f} → **{m['ssim']:.4f}** ({m['ssim'] - m['input_ssim']:+.4f})" if m else "–"
+        m, g = r.metrics, r.registry
+        psnr = f"{m.input_psnr:.2f} → **{m.psnr:.2f}** ({m.gain_psnr:+.2f})" if m else "–"
+        ssim = f"{m.input_ssim:.4f} → **{m.ssim:.4f}** ({m.gain_ssim:+.4f})" if m else "–"
+        floor = ("yes" if m.gain_psnr >= FLOOR_DB and m.gain_ssim > 0 else "no") if m else "–"
         version = "–"
         if g:
-            version = f"{g['registered_model']} v{g['version']}"
-            if uri.startswith(("http://", "https://")):
-                version = f"[{version}]({uri.rstrip('/')}/#/models/{g['registered_model']}/versions/{g['version']})"
-        champion = ("yes" if g.get("promoted") else f"no (champion v{g.get('champion_version')})") if g else "–"
-        run_id = m.get("mlflow_run_id")
+            version = f"{g.registered_model} v{g.version}"
+            if http:
+                version = f"[{version}]({uri.rstrip('/')}/#/models/{g.registered_model}/versions/{g.version})"
+        champion = ("yes" if g.promoted else f"no (champion: v{g.champion_version})") if g else "–"
+        run_id = m.tracking_run_id if m else None
         run = f"[{run_id[:8]}]({links[run_id]})" if run_id in links else (f"`{run_id}`" if run_id else "–")
-        rows.append(f"| {r['task']} | {m.get('dataset', '–')} | {psnr} | {ssim} | {version} | {champion} | {run} | "
-                    f"{states.get(r['task'], '?')} |")
+        rows.append(f"| {r.task} | {m.dataset if m else '–'} | {psnr} | {ssim} | {floor} | {version} | {champion} "
+                    f"| {run} | {r.status} |")
     lines = [f"# {FLOW_NAME}: results", "", *rows, "",
-             f"Test split, protocol as in `metrics/<task>.json`; tracking store `{uri}`."]
-    if not uri.startswith(("http://", "https://")):
+             f"Test split; floor: +{FLOOR_DB:g} dB PSNR and a higher SSIM than the degraded input. "
+             f"Tracking store `{uri}`."]
+    if not http:
         lines.append(f"Open the runs with `mlflow ui --backend-store-uri {uri}`.")
     return "\n".join(lines) + "\n"
 
@@ -650,7 +603,8 @@ def ast_pipeline(
     repo = Path(root or os.getcwd()).resolve()
     plan = plan_run(repo, tasks, overrides, nodes)  # a PreflightError fails the run here: no task started
     if plan.changed:
-        write_params(repo / PARAMS_FILE, plan.params)
+        # Checked above; written atomically, comments kept (as `dvc exp run -S`): dvc.lock records them.
+        write_overrides(repo / PARAMS_FILE, overrides or {})
         logger.info("params.yaml: %d override(s) written: %s", len(overrides or {}), ", ".join(overrides or {}))
     logger.info("tasks %s on %d node(s)", ", ".join(plan.tasks), nodes)
 
@@ -670,21 +624,20 @@ def ast_pipeline(
         chains.append((name, [trained, evaluated, registered]))
     wait([prep, shards, *(f for _, fs in chains for f in fs)])
 
-    states = {}
+    results = []
     for name, futures in chains:
         failed = [f for f in futures if not f.state.is_completed()]
-        states[name] = "ok" if not failed else f"{failed[0].state.name}: {failed[0].task_run_id}"
-    results = [results_of(repo, name) for name in plan.tasks]
-    create_markdown_artifact(results_markdown(repo, results, states), key=ARTIFACT_KEY,
+        results.append(results_of(repo, name, "ok" if not failed else f"{failed[0].state.name}"))
+    create_markdown_artifact(results_markdown(repo, results), key=ARTIFACT_KEY,
                              description="Per task: test PSNR/SSIM of the input and the restored images, the "
                                          "registered model version and the champion decision")
     for future in (prep, shards, *(f for _, fs in chains for f in fs)):
         if future.state.is_failed() or future.state.is_crashed():
             future.result()  # raises the first failure: the flow run fails with it
-    not_run = [n for n, s in states.items() if s != "ok"]
+    not_run = [r.task for r in results if r.status != "ok"]
     if not_run:
         raise RuntimeError(f"tasks not completed: {', '.join(not_run)}")
-    return {r["task"]: {"metrics": r["metrics"], "registry": r["registry"]} for r in results}
+    return {r.task: r.to_dict() for r in results}
 
 
 @flow(name=NODE_FLOW_NAME, log_prints=True)

@@ -1,0 +1,77 @@
+"""The whole pipeline at test size: a tiny profile as params overrides, and a temporary git repository of the project.
+
+``TINY_OVERRIDES`` are dotted params keys (the form ``dvc exp run -S``, ``pipelines.params.apply_overrides``
+and the Prefect flow's ``overrides`` parameter take): one embedded dataset of a few 64-px pairs, a tiny
+AST-T (embed_dim 8, one block per level) trained 8 steps, one task. Prepare to register runs in well under
+a minute of stage time on 2 cores; a test applies them through the entry point it tests (flow parameter, or
+``write_overrides`` before ``dvc repro``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY_TASK = "rain"
+TINY_DATASET = "embedded_rain"
+TINY_PHASE = {"patch_size": 64, "batch_size": 4, "lr": 1.0e-3, "steps": 8}
+TINY_OVERRIDES: dict[str, Any] = {
+    "data.datasets": {TINY_DATASET: {"source": "embedded", "task": "rain"}},
+    # Two nodes x one process x one reader: two training shards are enough (data.max_nodes stays 2).
+    "data.max_procs_per_node": 1,
+    "data.max_workers": 1,
+    "prepare.embedded.short_side": 64,
+    "prepare.embedded.photos": {"train": ["astronaut", "chelsea"], "val": ["flower"], "test": ["coffee"]},
+    "prepare.embedded.variants": {"train": 4, "val": 1, "test": 2},
+    "train.model_overrides": {"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
+    "train.phases": [TINY_PHASE],
+    "train.schedule": {"warmup_steps": 2, "min_lr": 1.0e-6},
+    "train.log_every": 2,
+    "train.save_every": 4,
+    "train.validation": {"every_steps": 4, "split": "val", "sample_images": 1},
+    "evaluate.sample_grids": 1,
+    "tasks": {TINY_TASK: {"dataset": TINY_DATASET}},
+}
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+
+
+def git_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this environment) with a git identity (``dvc exp`` and commits need one)."""
+    env = dict(os.environ if base is None else base)
+    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+    return env
+
+
+def project_repo(dst: Path) -> Path:
+    """A new git repository at ``dst`` holding this checkout's files as they are now, committed.
+
+    The files are those git would commit (tracked, plus new files not ignored), so a test sees uncommitted
+    work too; ignored outputs (data, models, mlflow.db, the DVC cache) are not copied, so every stage is
+    out of date there. ``.dvc/`` comes along: it is already a DVC repository.
+    """
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    dst.mkdir(parents=True)
+    for name in filter(None, listed):
+        src = ROOT / name
+        if src.is_file():  # a tracked file deleted in the working tree is not copied
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+    env = git_env()
+    _run(["git", "init", "-q"], dst, env)
+    _run(["git", "add", "-A"], dst, env)
+    _run(["git", "commit", "-qm", "project"], dst, env)
+    return dst
