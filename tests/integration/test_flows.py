@@ -152,11 +152,13 @@ def _dvc_status(stack: Stack) -> dict:
     return json.loads(_ok(_cli(stack, "dvc", "status", "--json")).strip() or "{}")
 
 
-def _lock_outs(repo: Path) -> list[str]:
+def _lock_outs(stack: Stack) -> list[str]:
+    """The outputs dvc.lock records for the stages dvc.yaml defines now."""
     import yaml
 
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    names = set(_ok(_cli(stack, "dvc", "stage", "list", "--name-only")).split())
+    lock = yaml.safe_load((stack.repo / "dvc.lock").read_text())
+    return [out["path"] for name, stage in lock["stages"].items() if name in names for out in stage.get("outs", [])]
 
 
 def test_a_mistyped_parameter_fails_the_flow_run_before_any_work(stack: Stack) -> None:
@@ -209,7 +211,7 @@ def test_deployment_run_on_two_node_deployments_registers_and_leaves_dvc_clean(s
 
     # The outputs are DVC's: the lock records every stage, nothing is out of date, every out exists.
     assert _dvc_status(stack) == {}
-    outs = _lock_outs(stack.repo)
+    outs = _lock_outs(stack)
     assert {f"models/{TINY_TASK}", f"reports/{TINY_TASK}/registry.json", "data/shards"} <= set(outs)
     assert all((stack.repo / out).exists() for out in outs)
     assert sorted(p.name for p in (stack.repo / "models").iterdir()) == [TINY_TASK]
