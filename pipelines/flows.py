@@ -9,7 +9,7 @@ after it, and no stage logic exists here (docs/orchestration.md explains the cho
                      -> train[raindrop] -> evaluate[raindrop] -> register[raindrop]
                      -> train[haze] -> ...
 
-Flow parameters override params keys (``overrides={"tasks.rain.train.lr": 5e-4}``). They are applied to
+Flow parameters override params keys (``overrides={"tasks.rain.train.phases[0].lr": 5e-4}``). They are applied to
 ``params.yaml`` and checked by :func:`pipelines.params.check_params` before any task starts; a mistyped key
 fails the flow run at once, naming the key, and is not retried. Valid overrides are written into
 ``params.yaml`` atomically (as ``dvc exp run -S`` does), so ``dvc.lock`` records what ran.
@@ -21,7 +21,7 @@ train stage reads); nodes 1..N-1 run the same stage command with ``--node-rank``
 deployment (``node_runner="deployment"``: a work pool puts them on other hosts). A failed training is
 retried as a whole and resumes from ``checkpoints/<experiment>/``.
 
-    python -m pipelines.flows [--task rain] [--nodes 2] [--set tasks.rain.train.lr=5e-4]
+    python -m pipelines.flows [--task rain] [--nodes 2] [--set 'tasks.rain.train.phases[0].lr=5e-4']
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ ARTIFACT_KEY = "ast-pipeline-results"
 TAIL_LINES = 40  # output lines kept for the error message of a failed stage
 POLL_S = 1.0  # how often a multi-node training checks its nodes
 STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long
-NODE_GRACE_S = 120.0
-READER_JOIN_S = 5.0  # after a command ended: how long its last output lines may take to reach the log  # after node 0 finished: how long the other nodes may take to exit
+NODE_GRACE_S = 120.0  # after node 0 finished: how long the other nodes may take to exit
+READER_JOIN_S = 5.0  # after a command ended: how long its last output lines may take to reach the log
 # Progress bars redraw a few times a second; in a run log one line every 10 s is enough.
 TQDM_MININTERVAL_S = "10"
 
@@ -81,6 +81,9 @@ class StageFailed(RuntimeError):
         hint = " (a problem to fix: not retried)" if self.user_fixable else ""
         last = "\n".join(self.tail[-12:])
         super().__init__(f"{what} failed with exit status {status}{hint}" + (f"; last lines:\n{last}" if last else ""))
+
+    def __reduce__(self) -> tuple:  # pickled with its fields (Prefect may serialise a task's exception)
+        return (StageFailed, (self.what, self.status, self.tail))
 
     @property
     def user_fixable(self) -> bool:
@@ -128,7 +131,7 @@ def plan_run(root: Path, tasks: Sequence[str] | None, overrides: Mapping[str, An
     Args:
         root: the repository (holds ``params.yaml`` and ``dvc.yaml``).
         tasks: task names (``tasks:`` keys); None or empty: all of them.
-        overrides: dotted params keys -> values (``{"tasks.rain.train.lr": 5e-4}``).
+        overrides: dotted params keys -> values (``{"tasks.rain.train.phases[0].lr": 5e-4}``).
         nodes: training nodes per task.
 
     Returns:
@@ -587,7 +590,7 @@ def ast_pipeline(
         tasks: task names of ``params.yaml: tasks`` to run (None: all). ``dvc status`` is clean after the
             run only when every task ran.
         overrides: dotted params keys -> values, checked before any work and then written into
-            ``params.yaml`` (``{"tasks.rain.train.lr": 5e-4}``).
+            ``params.yaml`` (``{"tasks.rain.train.phases[0].lr": 5e-4}``).
         nodes: training nodes per task (one launcher each, one torchrun rendezvous).
         node_runner: ``local``: nodes 1..N-1 are processes on this host (rendezvous 127.0.0.1);
             ``deployment``: each is a run of ``node_deployment`` (a work pool places it).
@@ -677,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--task", action="append", dest="tasks", help="a task of params.yaml (repeat; default: all)")
     p.add_argument("--nodes", type=int, default=1, help="training nodes per task (local processes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a params key (value parsed as YAML), e.g. tasks.rain.train.lr=5e-4")
+                   help="override a params key (value parsed as YAML), e.g. 'tasks.rain.train.schedule.min_lr=1.0e-6'")
     p.add_argument("--max-parallel-tasks", type=int, default=1)
     args = p.parse_args(argv)
     overrides = {}
