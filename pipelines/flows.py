@@ -92,7 +92,10 @@ class StageFailed(RuntimeError):
 
 
 def retry_unless_user_error(task_: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry failures except a stage's exit status 2 and pre-flight errors."""
+    """Prefect ``retry_condition_fn``: retry failures except a stage's exit status 2, pre-flight errors and
+    failures of a run that is being cancelled or stopped."""
+    if _TERMINATING.is_set():
+        return False
     try:
         state.result()
     except StageFailed as exc:
@@ -192,6 +195,39 @@ def _dvc() -> str:
     return str(exe) if exe.exists() else "dvc"
 
 
+_LIVE: set["Proc"] = set()  # commands running now, for the termination forwarding below
+_TERMINATING = threading.Event()  # set once a termination signal was forwarded: nothing is retried then
+
+
+def forward_termination() -> None:
+    """On SIGTERM / SIGINT, pass the signal on to every running command's process group, then as before.
+
+    The commands run in their own sessions (so one of them can be stopped without stopping the flow), which
+    also means a worker that cancels the flow run reaches only the flow's process: without this, DVC and a
+    training would go on as orphans. Installed from the main thread (no-op elsewhere); chains to the handler
+    that was there (Prefect's, which turns the signal into the flow run's cancellation).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if getattr(previous, "_forwards_to_commands", False):
+            continue
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            _TERMINATING.set()
+            for proc in list(_LIVE):
+                proc.signal(signum)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+        handler._forwards_to_commands = True  # type: ignore[attr-defined]
+        signal.signal(sig, handler)
+
+
 class Proc:
     """A command in its own process group whose output lines go to a logger as they come.
 
@@ -211,6 +247,7 @@ class Proc:
         self.proc = subprocess.Popen(self.cmd, cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                      errors="replace", bufsize=1, start_new_session=True)
+        _LIVE.add(self)
         self._reader = threading.Thread(target=self._pump, args=(logger, prefix), daemon=True)
         self._reader.start()
 
@@ -222,10 +259,19 @@ class Proc:
                 self.tail.append(line)
                 logger.info("%s%s", prefix, line)
 
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the command's process group (no wait: safe in a signal handler)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
     def poll(self) -> int | None:
         """Exit status, or None while running (returns only once all its output has been logged)."""
         status = self.proc.poll()
         if status is not None:
+            _LIVE.discard(self)
             # Bounded: a stray grandchild may keep the pipe open long after the command itself ended.
             self._reader.join(timeout=READER_JOIN_S)
         return status
@@ -233,12 +279,14 @@ class Proc:
     def wait(self) -> int:
         """Wait for the end; the exit status."""
         self.proc.wait()
+        _LIVE.discard(self)
         self._reader.join(timeout=READER_JOIN_S)
         return self.proc.returncode
 
     def stop(self) -> None:
         """SIGTERM to the whole process group, SIGKILL after a grace period."""
         if self.proc.poll() is not None:
+            _LIVE.discard(self)
             return
         for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
             try:
@@ -250,7 +298,8 @@ class Proc:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        self._reader.join(timeout=5)
+        _LIVE.discard(self)
+        self._reader.join(timeout=READER_JOIN_S)
 
 
 def _dvc_stage_status(tail: Sequence[str], status: int) -> int:
@@ -603,6 +652,7 @@ def ast_pipeline(
         Per task: its metrics and registry outcome (as in the artifact).
     """
     logger = get_run_logger()
+    forward_termination()  # a cancelled run stops its DVC stages and trainings too
     repo = Path(root or os.getcwd()).resolve()
     plan = plan_run(repo, tasks, overrides, nodes)  # a PreflightError fails the run here: no task started
     if plan.changed:
@@ -657,6 +707,7 @@ def train_node(task_name: str, argv: list[str], params: dict[str, Any], nnodes: 
         StageFailed: the node's launcher failed.
     """
     logger = get_run_logger()
+    forward_termination()
     repo = Path(root or os.getcwd()).resolve()
     with tempfile.TemporaryDirectory(prefix="ast-node-") as tmp:
         params_file = Path(tmp) / PARAMS_FILE

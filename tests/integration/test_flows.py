@@ -279,3 +279,37 @@ def test_two_local_nodes_resume_from_the_checkpoint_after_a_node_dies(stack: Sta
     assert summary["resumed_from_step"] is not None and killed["step"] <= summary["resumed_from_step"] < steps
     assert any("resuming from" in line and f"at step {summary['resumed_from_step']}" in line for line in logs)
     assert _dvc_status(stack) == {}
+
+
+def _stage_processes(repo: Path) -> list[str]:
+    """Command lines of the DVC and stage processes working in ``repo``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["cwd"] == str(repo) and ("pipelines.stages." in cmdline or "--wait-for-lock repro" in cmdline):
+            found.append(cmdline)
+    return found
+
+
+def test_cancelling_a_flow_run_stops_its_stage_processes(stack: Stack) -> None:
+    overrides = {**TINY_OVERRIDES, "train.phases": [{**TINY_PHASE, "steps": 5000}]}  # minutes: still running
+    created = _ok(_cli(stack, "prefect", "deployment", "run", PIPELINE, "--params", json.dumps({"overrides": overrides})))
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", created).group(1)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not any("pipelines.stages.train" in c for c in _stage_processes(stack.repo)):
+        assert time.monotonic() < deadline, "the train stage never started"
+        assert _api(stack, f"/flow_runs/{run_id}")["state"]["type"] in ("SCHEDULED", "PENDING", "RUNNING")
+        time.sleep(0.5)
+
+    _ok(_cli(stack, "prefect", "flow-run", "cancel", run_id))
+    start = time.monotonic()
+    while _stage_processes(stack.repo) and time.monotonic() - start < 120:
+        time.sleep(0.5)
+    left = _stage_processes(stack.repo)
+    assert not left, f"still running {time.monotonic() - start:.0f} s after the cancel: {left}"
+    print(f"cancel: stage processes gone {time.monotonic() - start:.1f} s after `prefect flow-run cancel`")
+    while _api(stack, f"/flow_runs/{run_id}")["state"]["type"] not in ("CANCELLED", "CRASHED", "FAILED"):
+        assert time.monotonic() - start < 120, "the flow run never ended"
+        time.sleep(1)
+    train = _task_runs(stack, run_id)[f"train[{TINY_TASK}]"]
+    assert train["run_count"] == 1 and train["state"]["name"] != "AwaitingRetry"  # a stopped run is not retried
