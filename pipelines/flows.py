@@ -9,7 +9,7 @@ after it, and no stage logic exists here (docs/orchestration.md explains the cho
                      -> train[raindrop] -> evaluate[raindrop] -> register[raindrop]
                      -> train[haze] -> ...
 
-Flow parameters override params keys (``overrides={"tasks.rain.train.phases[0].lr": 5e-4}``). They are applied to
+Flow parameters override params keys (``overrides={"train.phases[0].lr": 5e-4}``). They are applied to
 ``params.yaml`` and checked by :func:`pipelines.params.check_params` before any task starts; a mistyped key
 fails the flow run at once, naming the key, and is not retried. Valid overrides are written into
 ``params.yaml`` atomically (as ``dvc exp run -S`` does), so ``dvc.lock`` records what ran.
@@ -21,7 +21,7 @@ train stage reads); nodes 1..N-1 run the same stage command with ``--node-rank``
 deployment (``node_runner="deployment"``: a work pool puts them on other hosts). A failed training is
 retried as a whole and resumes from ``checkpoints/<experiment>/``.
 
-    python -m pipelines.flows [--task rain] [--nodes 2] [--set 'tasks.rain.train.phases[0].lr=5e-4']
+    python -m pipelines.flows [--task rain] [--nodes 2] [--set 'train.phases[0].lr=5e-4']
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def plan_run(root: Path, tasks: Sequence[str] | None, overrides: Mapping[str, An
     Args:
         root: the repository (holds ``params.yaml`` and ``dvc.yaml``).
         tasks: task names (``tasks:`` keys); None or empty: all of them.
-        overrides: dotted params keys -> values (``{"tasks.rain.train.phases[0].lr": 5e-4}``).
+        overrides: dotted params keys -> values (``{"train.phases[0].lr": 5e-4}``).
         nodes: training nodes per task.
 
     Returns:
@@ -639,7 +639,7 @@ def ast_pipeline(
         tasks: task names of ``params.yaml: tasks`` to run (None: all). ``dvc status`` is clean after the
             run only when every task ran.
         overrides: dotted params keys -> values, checked before any work and then written into
-            ``params.yaml`` (``{"tasks.rain.train.phases[0].lr": 5e-4}``).
+            ``params.yaml`` (``{"train.phases[0].lr": 5e-4}``).
         nodes: training nodes per task (one launcher each, one torchrun rendezvous).
         node_runner: ``local``: nodes 1..N-1 are processes on this host (rendezvous 127.0.0.1);
             ``deployment``: each is a run of ``node_deployment`` (a work pool places it).
