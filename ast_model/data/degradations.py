@@ -92,11 +92,19 @@ class HazeRanges:
         airlight: global atmospheric light A.
         beta: scattering coefficient.
         tint: per-channel jitter of A (slightly coloured haze).
+        proxy_tilt: photos without a depth map: the far side of the proxy's ramp is tilted by up to this
+            many degrees from the top (0 = always the top, as :func:`depth_proxy`).
+        proxy_field: photos without a depth map: weight of a smooth random field mixed into the proxy, drawn
+            in [0, proxy_field]. 0 with no tilt = the fixed :func:`depth_proxy`, a function of the clean photo
+            alone, which a model can learn to read off the scene instead of off the haze; a real depth map
+            (the stereo test photo) follows neither.
     """
 
     airlight: tuple[float, float] = (0.8, 1.0)
     beta: tuple[float, float] = (1.0, 2.5)
     tint: float = 0.03
+    proxy_tilt: float = 0.0
+    proxy_field: float = 0.0
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -315,24 +323,37 @@ def depth_from_disparity(disparity: np.ndarray) -> np.ndarray:
     return _normalise(np.log(1.0 / filled))
 
 
-def depth_proxy(clean: np.ndarray) -> np.ndarray:
+def depth_proxy(clean: np.ndarray, proxy: Params | None = None) -> np.ndarray:
     """A plausible depth map for a photo without one.
 
     Half a top-to-bottom ramp (the far scene and the sky are usually at the top) and half the smoothed
-    dark channel (He et al.: bright, low-saturation regions such as sky tend to be far).
+    dark channel (He et al.: bright, low-saturation regions such as sky tend to be far). With ``proxy``
+    (drawn by :func:`sample_haze_params` when ``proxy_tilt`` or ``proxy_field`` is set), the ramp's far side
+    is tilted by ``proxy["tilt"]`` degrees and a smooth random field (Gaussian-filtered noise, seeded by
+    ``proxy["seed"]``) is mixed in with weight ``proxy["field"]``: scenes whose depth does not follow
+    their brightness, as real depth maps often do not.
 
     Args:
         clean: float (H, W, 3) in [0, 1].
+        proxy: optional ``{"tilt", "field", "seed"}``; None = the fixed proxy.
 
     Returns:
         float32 (H, W) in [0, 1], 1 = farthest.
     """
     h, w = clean.shape[:2]
-    ramp = np.linspace(1.0, 0.0, h)[:, None] * np.ones((1, w))
+    tilt = math.radians(proxy["tilt"]) if proxy else 0.0
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    # Distance towards the far side: (0, -1) in (x, y) image coordinates is "up", rotated by the tilt.
+    ramp = _normalise(-(ys - h / 2) * math.cos(tilt) + (xs - w / 2) * math.sin(tilt))
     size = max(3, min(h, w) // 20)
     dark = ndimage.minimum_filter(clean.min(axis=2), size=size)
     dark = ndimage.gaussian_filter(dark, sigma=min(h, w) / 16)
-    return _normalise(0.5 * ramp + 0.5 * _normalise(dark))
+    depth = 0.5 * ramp + 0.5 * _normalise(dark)
+    if proxy and proxy["field"] > 0:
+        noise = np.random.default_rng(proxy["seed"]).standard_normal((h, w))
+        field = _normalise(ndimage.gaussian_filter(noise, sigma=min(h, w) / 8))
+        depth = (1.0 - proxy["field"]) * _normalise(depth) + proxy["field"] * field
+    return _normalise(depth)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -352,11 +373,18 @@ def sample_haze_params(rng: np.random.Generator, ranges: HazeRanges = HazeRanges
     """
     a = _uniform(rng, ranges.airlight)
     tint = rng.uniform(-ranges.tint, ranges.tint, size=3) if ranges.tint > 0 else np.zeros(3)
-    return {
+    params: Params = {
         "model": "haze",
         "beta": _uniform(rng, ranges.beta),
         "airlight": [float(min(1.0, max(0.0, a + t))) for t in tint],
     }
+    if ranges.proxy_tilt > 0 or ranges.proxy_field > 0:  # drawn only then: the default keeps its pairs
+        params["proxy"] = {
+            "tilt": _uniform(rng, (-ranges.proxy_tilt, ranges.proxy_tilt)),
+            "field": _uniform(rng, (0.0, ranges.proxy_field)),
+            "seed": _seed(rng),
+        }
+    return params
 
 
 def apply_haze(clean: np.ndarray, depth: np.ndarray, params: Params) -> np.ndarray:

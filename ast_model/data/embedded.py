@@ -224,7 +224,7 @@ def degrade(task: str, clean: np.ndarray, depth: np.ndarray | None, rng: np.rand
     if task == "haze":
         params = deg.sample_haze_params(rng, cfg.haze)
         params["depth"] = "disparity" if depth is not None else "proxy"
-        d = depth if depth is not None else deg.depth_proxy(clean)
+        d = depth if depth is not None else deg.depth_proxy(clean, params.get("proxy"))
         return deg.apply_haze(clean, d, params), params
     raise ConfigError(f"unknown task {task!r} (known: rain, raindrop, haze)")
 

@@ -118,3 +118,23 @@ def test_depth_from_disparity_fills_invalid_and_puts_small_disparity_far() -> No
 def test_depth_proxy_is_far_at_the_top(clean: np.ndarray) -> None:
     d = deg.depth_proxy(clean)
     assert d.shape == clean.shape[:2] and d[:8].mean() > d[-8:].mean()
+
+
+def test_randomised_depth_proxy_is_drawn_only_when_asked_and_is_reproducible(clean: np.ndarray) -> None:
+    # Default ranges: no "proxy" entry and the same random stream as before, so existing pairs are unchanged.
+    assert "proxy" not in deg.sample_haze_params(np.random.default_rng(3))
+    ranges = deg.HazeRanges(proxy_tilt=45.0, proxy_field=0.5)
+    params = deg.sample_haze_params(np.random.default_rng(3), ranges)
+    proxy = params["proxy"]
+    assert abs(proxy["tilt"]) <= 45.0 and 0.0 <= proxy["field"] <= 0.5
+    d1, d2 = deg.depth_proxy(clean, proxy), deg.depth_proxy(clean, dict(proxy))
+    assert np.array_equal(d1, d2) and d1.min() == 0 and d1.max() == 1
+    assert not np.allclose(d1, deg.depth_proxy(clean), atol=0.05)  # the random field moved the depth
+
+
+def test_depth_proxy_tilt_turns_the_ramp(clean: np.ndarray) -> None:
+    flat = np.full_like(clean, 0.5)  # no dark-channel structure: the ramp alone decides
+    left = deg.depth_proxy(flat, {"tilt": -90.0, "field": 0.0, "seed": 0})  # far side turned to the left
+    up = deg.depth_proxy(flat, {"tilt": 0.0, "field": 0.0, "seed": 0})
+    assert left[:, :8].mean() > left[:, -8:].mean() + 0.5
+    assert np.allclose(up, deg.depth_proxy(flat), atol=1e-6)
