@@ -1,4 +1,4 @@
-# Two entry points: `make run` (the pipeline on the embedded default) and `make test`.
+# Two entry points: `make run` (the pipeline on the embedded default) and `make test` (lint, then the suite).
 # The virtual environment is rebuilt only when a requirements file or pyproject.toml changes
 # (stamp files), so a second `make` with nothing changed installs nothing.
 PYTHON ?= python3
@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test test-unit bench clean-venv
+.PHONY: run lint test test-unit bench clean-venv
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ $(TSTAMP): $(STAMP) requirements-test.txt
 run: $(STAMP)
 	$(BIN)/python -m pipelines.run
 
-test: $(TSTAMP)
+# ruff and mypy settings live in pyproject.toml (mypy checks ast_model: its `files` key).
+lint: $(TSTAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Lint first: CI (.ci/run) calls `make test`, so a lint or type error fails CI before the long suite starts.
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(TSTAMP)

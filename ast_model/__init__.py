@@ -15,9 +15,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
-    from ast_model.checkpoint import load_checkpoint, load_official, save_checkpoint
-    from ast_model.flops import count_macs
-    from ast_model.nn.variants import create_model, list_models, model_config
+    # `name as name`: an explicit re-export (PEP 484), so linters do not read these as unused imports.
+    from ast_model.checkpoint import load_checkpoint as load_checkpoint
+    from ast_model.checkpoint import load_official as load_official
+    from ast_model.checkpoint import save_checkpoint as save_checkpoint
+    from ast_model.flops import count_macs as count_macs
+    from ast_model.nn.variants import create_model as create_model
+    from ast_model.nn.variants import list_models as list_models
+    from ast_model.nn.variants import model_config as model_config
 
 _EXPORTS = {
     "count_macs": "ast_model.flops",

@@ -72,7 +72,7 @@ class ModelDir:
     root: Path
 
     @classmethod
-    def of(cls, models_root: str | Path, experiment: str) -> "ModelDir":
+    def of(cls, models_root: str | Path, experiment: str) -> ModelDir:
         """``<models_root>/<experiment>``."""
         return cls(Path(models_root) / experiment)
 
@@ -101,7 +101,7 @@ class ModelDir:
         """The learning curve, one row per validation (:mod:`ast_model.train.history`)."""
         return self.root / "history.csv"
 
-    def weights(self, choice: Literal["best", "final"], summary: "TrainingSummary | None" = None) -> Path:
+    def weights(self, choice: Literal["best", "final"], summary: TrainingSummary | None = None) -> Path:
         """The checkpoint to score: ``best.pt`` or ``final.pt``.
 
         ``best`` falls back to ``final.pt`` when the training kept no best model (no validation split): the
@@ -160,7 +160,7 @@ class TrainingSummary:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainingSummary":
+    def load(cls, path: str | Path) -> TrainingSummary:
         """Read one.
 
         Raises:
@@ -170,7 +170,7 @@ class TrainingSummary:
         return _build(cls, _read_json(path, "training summary", "train"), path, "training summary")
 
     @classmethod
-    def load_optional(cls, path: str | Path) -> "TrainingSummary | None":
+    def load_optional(cls, path: str | Path) -> TrainingSummary | None:
         """Like :meth:`load`, None when the file does not exist (weights copied in by hand)."""
         return cls.load(path) if Path(path).is_file() else None
 
@@ -262,7 +262,7 @@ class EvaluationMetrics(Scores):
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "EvaluationMetrics":
+    def load(cls, path: str | Path) -> EvaluationMetrics:
         """Read one.
 
         Raises:

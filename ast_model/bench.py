@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                    backend=args.backend, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget_s)
         return 0
     if args.worker:
-        print(json.dumps(_run_case(*args.worker, args.repeats, args.malloc_tuning, args.threads)))
+        case, impl = args.worker
+        print(json.dumps(_run_case(case, impl, args.repeats, args.malloc_tuning, args.threads)))
         return 0
 
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "

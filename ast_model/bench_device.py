@@ -24,8 +24,8 @@ import gc
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -193,7 +193,11 @@ def _cell(r: Result) -> str:
             f"{_fmt(r.tflops, '6.1f')} {_fmt(r.compile_s, '7.0f')}")
 
 
-def _cases(models: Sequence[str], precisions: Sequence[str], modes: Sequence[str], sizes: Sizes) -> Iterator[tuple]:
+# (model, case label, precision, mode, (batch, side) of an inference case or None for a training step)
+Case = tuple[str, str, str, str, tuple[int, int] | None]
+
+
+def _cases(models: Sequence[str], precisions: Sequence[str], modes: Sequence[str], sizes: Sizes) -> Iterator[Case]:
     for name in models:
         for batch, side in sizes.infer:
             for precision in precisions:
@@ -245,8 +249,10 @@ def run(
                 row[impl] = results[(model_name, case, precision, mode, impl)] = Result(note="skipped (budget)")
                 continue
             try:
-                if infer:
-                    row[impl] = inference(model_name, impl, precision, mode, *infer, sizes, dev, backend, warmup, repeats)
+                if infer is not None:
+                    batch, side = infer
+                    row[impl] = inference(model_name, impl, precision, mode, batch, side, sizes, dev, backend, warmup,
+                                          repeats)
                 else:
                     row[impl] = train_step(model_name, impl, precision, mode, sizes, dev, backend, warmup, repeats,
                                            macs[model_name])

@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -113,7 +114,9 @@ def check_section(
     return cfg, problems
 
 
-def _load(cls: type[T], params: Mapping[str, Any] | str | Path, name: str, source: str) -> tuple[T | None, list[str], str]:
+def _load(
+    cls: type[T], params: Mapping[str, Any] | str | Path, name: str, source: str
+) -> tuple[T | None, list[str], str]:
     if isinstance(params, (str, Path)):
         source = str(params)
         params = read_params(params)
@@ -161,7 +164,7 @@ def _build(cls: type[T], raw: Any, prefix: str, problems: list[str]) -> T:
         raise _Failed
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted((str(k) for k in set(raw) - set(fields)))
+    unknown = sorted(str(k) for k in set(raw) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))
         names = ", ".join(f"{prefix}.{k}" if prefix else k for k in unknown)
@@ -177,8 +180,11 @@ def _build(cls: type[T], raw: Any, prefix: str, problems: list[str]) -> T:
         except _Failed:  # recorded; the key keeps its default so the other checks can still run
             f = fields[key]
             failed_required |= f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    missing = [k for k, f in fields.items() if k not in raw and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        k
+        for k, f in fields.items()
+        if k not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     for key in missing:
         problems.append(f"{prefix}.{key}: missing (required)" if prefix else f"{key}: missing (required)")
     if missing or failed_required:
@@ -199,7 +205,7 @@ def _coerce(tp: Any, value: Any, dotted: str, problems: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a dataclass type (never an instance here)
         return _build(tp, value, dotted, problems)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
@@ -223,7 +229,7 @@ def _coerce(tp: Any, value: Any, dotted: str, problems: list[str]) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 return _fail(problems, f"{dotted}: expected {len(args)} items, got {len(value)}")
-            items = list(zip(args, value))
+            items = list(zip(args, value, strict=True))
         else:
             item = args[0] if args else Any
             items = [(item, v) for v in value]

@@ -76,7 +76,7 @@ def set_threads(num: int | None = None) -> int:
     return num
 
 
-def resolve_device(name: str) -> "torch.device":
+def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; any other name as torch spells it (``cuda:1``).
 
     Raises:

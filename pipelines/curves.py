@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ast_model.data.files import atomic_write_bytes
 from ast_model.train.history import read_history, write_history
@@ -34,7 +34,7 @@ def plot(runs: dict[str, list[dict[str, float]]], path: str | Path, *, title: st
         steps = [r["step"] for r in rows]
         axes[0].plot(steps, [r["gain_psnr_db"] for r in rows], marker="o", label=task)
         axes[1].plot(steps, [r["gain_ssim"] for r in rows], marker="o", label=task)
-    for ax, label in zip(axes, ("PSNR gain over input (dB)", "SSIM gain over input")):
+    for ax, label in zip(axes, ("PSNR gain over input (dB)", "SSIM gain over input"), strict=True):
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(label)
@@ -55,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.curves", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="TASK=HISTORY.csv",
                         help="a task name and its run's history.csv (repeat per task)")
-    parser.add_argument("--out", default="reports/learning_curves", help="output folder (<task>.csv, learning_curves.png)")
+    parser.add_argument(
+        "--out", default="reports/learning_curves", help="output folder (<task>.csv, learning_curves.png)"
+    )
     parser.add_argument("--title", default="", help="caption above the plot (data, budget, machine)")
     args = parser.parse_args(argv)
     runs = {}
@@ -76,8 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for task, rows in runs.items():
         last = rows[-1] if rows else None
         if last:
-            print(f"{task}: step {int(last['step'])}: PSNR {last['input_psnr']:.2f} -> {last['val_psnr']:.2f} dB "
-                  f"({last['gain_psnr_db']:+.2f}), SSIM {last['input_ssim']:.4f} -> {last['val_ssim']:.4f}")
+            print(
+                f"{task}: step {int(last['step'])}: PSNR {last['input_psnr']:.2f} -> {last['val_psnr']:.2f} dB "
+                f"({last['gain_psnr_db']:+.2f}), SSIM {last['input_ssim']:.4f} -> {last['val_ssim']:.4f}"
+            )
     print(f"curves: {out}/{{{','.join(runs)}}}.csv, {out / 'learning_curves.png'}")
     return 0
 

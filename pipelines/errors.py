@@ -15,7 +15,8 @@ user errors too.
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence, TextIO
+from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from ast_model.checkpoint import CheckpointError
 from ast_model.config import ConfigError

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ast_model.artifacts import EvaluationMetrics
 from ast_model.config import ConfigError
@@ -46,7 +47,7 @@ class Score:
     test_data: str = ""
 
     @classmethod
-    def from_metrics(cls, metrics: EvaluationMetrics) -> "Score":
+    def from_metrics(cls, metrics: EvaluationMetrics) -> Score:
         """From the evaluate stage's ``metrics/<experiment>.json``."""
         return cls(psnr=float(metrics.psnr), ssim=float(metrics.ssim), dataset=metrics.dataset, split=metrics.split,
                    protocol=metrics.protocol, y_channel=bool(metrics.y_channel), crop_border=int(metrics.crop_border),
@@ -66,7 +67,7 @@ class Score:
         }
 
     @classmethod
-    def from_tags(cls, tags: Mapping[str, str]) -> "Score | None":
+    def from_tags(cls, tags: Mapping[str, str]) -> Score | None:
         """Inverse of :meth:`to_tags`; None when the tags are missing or unreadable (a hand-made version)."""
         try:
             return cls(
@@ -234,7 +235,7 @@ class RegistryRecord:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RegistryRecord":
+    def load(cls, path: str | Path) -> RegistryRecord:
         """Read one.
 
         Raises:

@@ -15,8 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from ast_model.config import ConfigError
 from ast_model.train.distributed import free_port
@@ -32,9 +33,11 @@ ENV_KEYS = {
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """How the workers start: the ``launch`` key of a training profile (``train.launch``). ``nnodes``, ``node_rank``, ``master_addr``, ``master_port`` and
-    ``nproc_per_node`` can also come from the environment (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT,
-    NPROC_PER_NODE) or the phase's command line, which win in that order over params.
+    """How the workers start: the ``launch`` key of a training profile (``train.launch``).
+
+    ``nnodes``, ``node_rank``, ``master_addr``, ``master_port`` and ``nproc_per_node`` can also come from the
+    environment (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, NPROC_PER_NODE) or the phase's command line,
+    which win in that order over params.
 
     Attributes:
         launcher: ``torchrun`` or ``deepspeed``; ``none`` runs one worker in-process (world size 1);
@@ -141,19 +144,45 @@ def build_command(cfg: LaunchConfig, worker_args: Sequence[str], *, python: str 
     module, *args = worker_args
     single = cfg.nnodes == 1
     if launcher == "torchrun":
-        cmd = [python, "-m", "torch.distributed.run", "--nproc_per_node", str(cfg.nproc_per_node),
-               "--max_restarts", "0"]
+        cmd = [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(cfg.nproc_per_node),
+            "--max_restarts",
+            "0",
+        ]
         if single:
             cmd += ["--standalone"]  # a free port of its own: concurrent runs on one host never clash
         else:
-            cmd += ["--nnodes", str(cfg.nnodes), "--node_rank", str(cfg.node_rank),
-                    "--master_addr", cfg.master_addr, "--master_port", str(cfg.master_port)]
+            cmd += [
+                "--nnodes",
+                str(cfg.nnodes),
+                "--node_rank",
+                str(cfg.node_rank),
+                "--master_addr",
+                cfg.master_addr,
+                "--master_port",
+                str(cfg.master_port),
+            ]
         return cmd + ["-m", module, *args]
     if launcher == "deepspeed":
         port = free_port() if single else cfg.master_port
-        cmd = [python, "-m", "deepspeed.launcher.runner", "--num_nodes", str(cfg.nnodes),
-               "--num_gpus", str(cfg.nproc_per_node), "--master_addr", cfg.master_addr,
-               "--master_port", str(port), "--no_local_rank"]
+        cmd = [
+            python,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_nodes",
+            str(cfg.nnodes),
+            "--num_gpus",
+            str(cfg.nproc_per_node),
+            "--master_addr",
+            cfg.master_addr,
+            "--master_port",
+            str(port),
+            "--no_local_rank",
+        ]
         if not single:
             # Each node is started by its own stage invocation: no hostfile, no ssh.
             cmd += ["--no_ssh", "--node_rank", str(cfg.node_rank)]

@@ -21,9 +21,10 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -122,8 +123,9 @@ def save_restorer(
     Raises:
         RegistryError: the model cannot be saved, or the saved model does not restore its example image.
     """
-    import ast_model
     import mlflow.pyfunc
+
+    import ast_model
 
     dest = Path(dest)
     example = example_image()

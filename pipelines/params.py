@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ast_model.config import check_section, read_params
 from pipelines.errors import PreflightError

@@ -17,7 +17,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ast_model.config import read_params
@@ -126,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         text, _ = summary(root, params)
         page = plots_html(root)
         print("\n" + text)
-        print(f"sample grids  reports/<task>/samples/*.png  (input | restored | target)")
+        print("sample grids  reports/<task>/samples/*.png  (input | restored | target)")
         print(f"curves        {page.relative_to(root) if page else '(dvc plots show failed)'}  (open in a browser; "
               "`dvc plots show` redraws it)")
-        print(f"metrics       dvc metrics show   |   experiments: dvc exp show")
+        print("metrics       dvc metrics show   |   experiments: dvc exp show")
         uri = tracking_uri()
         if uri.startswith(("http://", "https://")):
             print(f"MLflow UI     {uri}")

@@ -15,8 +15,9 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import yaml
@@ -69,7 +70,9 @@ def use_local_store(root: str | Path | None = None) -> str:
     return uri
 
 
-def tracking_problem(uri: str | None = None, *, timeout_s: float = PROBE_TIMEOUT_S, offline_hint: str = "") -> str | None:
+def tracking_problem(
+    uri: str | None = None, *, timeout_s: float = PROBE_TIMEOUT_S, offline_hint: str = ""
+) -> str | None:
     """Can the tracking store be used? One line saying why not, or None. Nothing waits longer than ``timeout_s``.
 
     MLflow's own client retries a dead server for minutes (exponential back-off) before failing with a long
@@ -115,11 +118,16 @@ def tracking_problem(uri: str | None = None, *, timeout_s: float = PROBE_TIMEOUT
                 except urllib.error.HTTPError as exc:
                     if exc.code != 404:
                         raise
-            return f"{uri} answers, but not as an MLflow tracking server (HTTP 404 on /health and the REST API): check the URI, or {how}"
+            return (
+                f"{uri} answers, but not as an MLflow tracking server (HTTP 404 on /health and the REST API): "
+                f"check the URI, or {how}"
+            )
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                return (f"tracking server {uri} refused access (HTTP {exc.code}): set MLFLOW_TRACKING_USERNAME / "
-                        f"MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, or {how}")
+                return (
+                    f"tracking server {uri} refused access (HTTP {exc.code}): set MLFLOW_TRACKING_USERNAME / "
+                    f"MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, or {how}"
+                )
             if exc.code < 500:
                 return None  # it answers (e.g. 400/405 for a GET the server does not expect)
             reason = f"HTTP {exc.code} {exc.reason}"
@@ -138,7 +146,7 @@ def tracking_problem(uri: str | None = None, *, timeout_s: float = PROBE_TIMEOUT
     from ast_model.preflight import output_dir_problem  # here, not above: it imports torch (seconds)
 
     if parsed.scheme == "sqlite":
-        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
         if path is None or not str(path):
             return None  # in-memory or an unusual form: let MLflow judge
         if path.exists() and not path.is_file():
@@ -190,7 +198,7 @@ def experiment_id(mlflow_client: Any, name: str, root: str | Path | None = None)
     uri = tracking_uri(root)
     location = None
     if uri.startswith("sqlite:///"):
-        location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / name).as_uri()
+        location = (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts" / name).as_uri()
     try:
         return mlflow_client.create_experiment(name, artifact_location=location)
     except Exception:  # another process created it meanwhile
@@ -219,8 +227,13 @@ def git_tags(root: str | Path | None = None) -> dict[str, str]:
     cwd = str(repo_root(root))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     if commit.returncode != 0:
@@ -284,7 +297,7 @@ class MlflowTracker:
         tags: Mapping[str, str],
         resume_run_id: str | None = None,
         stale_run_id: str | None = None,
-    ) -> "MlflowTracker":
+    ) -> MlflowTracker:
         """Continue ``resume_run_id`` if the store has it, else create a run.
 
         Args:
@@ -313,7 +326,9 @@ class MlflowTracker:
         log.info("MLflow run %s (%s)", tracker.run_id, tracking_uri())
         return tracker
 
-    def log_dataset(self, name: str, split_dir: str | Path, *, context: str, tags: Mapping[str, str] | None = None) -> None:
+    def log_dataset(
+        self, name: str, split_dir: str | Path, *, context: str, tags: Mapping[str, str] | None = None
+    ) -> None:
         """Record a shard split as an MLflow dataset input of the run (the run's "Datasets used").
 
         The digest is the split's index sha256 (which lists every shard's sha256): equal digests mean the
@@ -327,12 +342,23 @@ class MlflowTracker:
         split_dir = Path(split_dir)
         index = read_index(split_dir)
         digest = index_sha256(split_dir)
-        profile = {"samples": index.get("samples"), "shards": len(index.get("shards", [])),
-                   "index_sha256": digest, "task": index.get("task"), **dict(tags or {})}
-        dataset = Dataset(name=f"{name}/{split_dir.name}", digest=digest[:32], source_type="local",
-                          source=split_dir.resolve().as_uri(), profile=json.dumps(profile, sort_keys=True))
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[
-            InputTag("mlflow.data.context", context)])])
+        profile = {
+            "samples": index.get("samples"),
+            "shards": len(index.get("shards", [])),
+            "index_sha256": digest,
+            "task": index.get("task"),
+            **dict(tags or {}),
+        }
+        dataset = Dataset(
+            name=f"{name}/{split_dir.name}",
+            digest=digest[:32],
+            source_type="local",
+            source=split_dir.resolve().as_uri(),
+            profile=json.dumps(profile, sort_keys=True),
+        )
+        self.client.log_inputs(
+            self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
+        )
 
     def _log_params(self, flat: dict[str, str], logged: Mapping[str, str]) -> None:
         from mlflow.entities import Param

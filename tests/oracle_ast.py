@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -145,11 +145,15 @@ def official_forward(sd: Mapping[str, torch.Tensor], blocks: list[dict], x: torc
     for i in range(4):
         y = level(f"encoderlayer_{i}", y)
         skips.append(y)
-        y = F.conv2d(_to_img(y), sd[f"dowsample_{i}.conv.0.weight"], sd[f"dowsample_{i}.conv.0.bias"], stride=2, padding=1)
+        y = F.conv2d(
+            _to_img(y), sd[f"dowsample_{i}.conv.0.weight"], sd[f"dowsample_{i}.conv.0.bias"], stride=2, padding=1
+        )
         y = y.flatten(2).transpose(1, 2)
     y = level("conv", y)
     for k in range(4):
-        y = F.conv_transpose2d(_to_img(y), sd[f"upsample_{k}.deconv.0.weight"], sd[f"upsample_{k}.deconv.0.bias"], stride=2)
+        y = F.conv_transpose2d(
+            _to_img(y), sd[f"upsample_{k}.deconv.0.weight"], sd[f"upsample_{k}.deconv.0.bias"], stride=2
+        )
         y = torch.cat([y.flatten(2).transpose(1, 2), skips[3 - k]], -1)
         y = level(f"decoderlayer_{k}", y)
     out = F.conv2d(_to_img(y), sd["output_proj.proj.0.weight"], sd["output_proj.proj.0.bias"], padding=1)

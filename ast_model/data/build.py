@@ -49,8 +49,9 @@ def check_real_dataset(
             except SourceError as exc:
                 by_subset[subset] = None
                 problems.extend(f"{exc.where}: {p}" for p in exc.problems)  # flat: one line per problem
-        if by_subset[subset] is not None:
-            found[split] = by_subset[subset]
+        infos = by_subset[subset]
+        if infos is not None:
+            found[split] = infos
     return found, problems
 
 

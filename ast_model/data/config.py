@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ast_model.config import ConfigError
 from ast_model.data.degradations import DropRanges, HazeRanges, RainRanges
 
 Source = Literal["embedded", "spad", "agan", "densehaze", "folders"]

@@ -10,8 +10,9 @@ splits, so a test score never measures memorised scenery.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from skimage.transform import resize
@@ -89,7 +90,7 @@ def _grace_hopper() -> tuple[np.ndarray, np.ndarray | None]:
         raise ConfigError("embedded photo 'grace_hopper' needs matplotlib; install it or drop the photo") from exc
     from PIL import Image
 
-    with cbook.get_sample_data("grace_hopper.jpg") as f, Image.open(f) as img:
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as img:
         return np.asarray(img.convert("RGB")), None
 
 

@@ -20,8 +20,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ast_model.data.config import EmbeddedConfig
 from ast_model.data.embedded import generate_split
@@ -98,6 +98,8 @@ def bench_loader(
             if i == 0:
                 first = time.perf_counter()
         end = time.perf_counter()
+        if first is None:
+            raise ValueError(f"the loader yielded no batch (batches={batches})")
         startups.append(first - start)
         rates.append((batches - 1) * batch / (end - first))
     return rates, startups

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,7 +114,7 @@ class _PairPatches:
 
 
 def _collate(samples: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs, targets = zip(*samples)
+    inputs, targets = zip(*samples, strict=True)
     return to_tensor_batch(inputs), to_tensor_batch(targets)  # (B, 3, P, P) each
 
 

@@ -9,8 +9,9 @@ points into the dataset root, and ``shard`` reads the originals, checking them a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ast_model.data.embedded import EmbeddedPair
 from ast_model.data.files import (
@@ -155,7 +156,7 @@ def read_pair_bytes(manifest: dict[str, Any], split_dir: Path, record: dict[str,
         ManifestError: a file is missing or changed since ``prepare`` hashed it (names the file).
     """
     out = []
-    for kind, path in zip(("input", "target"), pair_files(manifest, split_dir, record)):
+    for kind, path in zip(("input", "target"), pair_files(manifest, split_dir, record), strict=True):
         try:
             data = path.read_bytes()
         except OSError as exc:

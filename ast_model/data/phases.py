@@ -7,8 +7,8 @@ global optimizer step to the phase it belongs to, so a resumed run picks up in t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)

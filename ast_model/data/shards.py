@@ -15,9 +15,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import webdataset as wds
@@ -105,12 +106,13 @@ def write_split(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shards = []
+    shards: list[dict[str, Any]] = []
     runs = np.array_split(np.arange(len(records)), n_shards)
     bar = tqdm(total=len(records), desc=desc, unit="pair", disable=len(records) < 500, leave=False)
     for number, run in enumerate(runs):
         name = SHARD_NAME.format(number)
-        min_h = min_w = None
+        min_h: int | None = None
+        min_w: int | None = None
         # mtime fixed: the same samples give byte-identical tars, so DVC sees no change on a rerun.
         with wds.TarWriter(str(out_dir / name), mtime=0.0) as sink:
             for i in run:
@@ -297,7 +299,9 @@ def shard_problems(shard_dir: str | Path, *, names: Sequence[str] | None = None,
     return index, problems
 
 
-def verify_shards(shard_dir: str | Path, *, names: Sequence[str] | None = None, use_cache: bool = True) -> dict[str, Any]:
+def verify_shards(
+    shard_dir: str | Path, *, names: Sequence[str] | None = None, use_cache: bool = True
+) -> dict[str, Any]:
     """Check shards against the index: presence, byte count and sha256 (hashed once, see :func:`shard_problems`).
 
     Args:

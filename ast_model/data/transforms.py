@@ -6,7 +6,7 @@ lines up pixel for pixel.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import numpy as np
 import torch
@@ -59,17 +59,18 @@ def evaluate_pairs(
     Raises:
         ValueError: no pairs, or a pair whose images do not match (see the metric functions).
     """
-    scoring = dict(y_channel=y_channel, crop_border=crop_border, protocol=protocol)
+    score_psnr = functools.partial(psnr, y_channel=y_channel, crop_border=crop_border, protocol=protocol)
+    score_ssim = functools.partial(ssim, y_channel=y_channel, crop_border=crop_border, protocol=protocol)
     per_image: list[ImageScore] = []
     for key, degraded, target in tqdm(pairs, unit="img", disable=not progress, desc="evaluate"):
         degraded = _as_float(np.asarray(degraded))
         restored = restore_image(model, degraded, options, device)
         per_image.append(ImageScore(
             key=str(key),
-            psnr=psnr(restored, target, **scoring),
-            ssim=ssim(restored, target, **scoring),
-            input_psnr=psnr(degraded, target, **scoring),
-            input_ssim=ssim(degraded, target, **scoring),
+            psnr=score_psnr(restored, target),
+            ssim=score_ssim(restored, target),
+            input_psnr=score_psnr(degraded, target),
+            input_ssim=score_ssim(degraded, target),
         ))
         if on_result is not None:
             on_result(str(key), degraded, restored, _as_float(np.asarray(target)))

@@ -148,10 +148,9 @@ def self_ensemble(fn: Forward, x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, C', H, W)`` float32. Equal to ``fn(x)`` when ``fn`` commutes with rotations and flips.
     """
-    total = None
-    for k in range(8):
-        out = dihedral_inverse(fn(dihedral(x, k)), k).float()
-        total = out if total is None else total + out
+    total = dihedral_inverse(fn(dihedral(x, 0)), 0).float()  # (B, C', H, W); k = 0 is the identity
+    for k in range(1, 8):
+        total = total + dihedral_inverse(fn(dihedral(x, k)), k).float()
     return total / 8
 
 
@@ -258,6 +257,7 @@ def tile_forward(
             if progress is not None:
                 progress(done, total)
     weight = (wy[:, None] * wx[None, :]).to(x.device)  # (H, W): the sum of every tile's window
+    assert out is not None  # tile_starts gives at least one start per axis, so the loop ran
     return out.div_(weight)
 
 
@@ -417,7 +417,10 @@ def _forward_fn(model: nn.Module, opts: RestoreOptions, dev: torch.device) -> Fo
 
 
 def plan_tiles(
-    model: nn.Module, shape: tuple[int, int], options: RestoreOptions | None = None, device: torch.device | str | None = None
+    model: nn.Module,
+    shape: tuple[int, int],
+    options: RestoreOptions | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[int | None, int]:
     """``(tile side or None, number of forward passes)`` that :func:`restore_image` will use for an image
     of ``shape = (H, W)``: a progress bar knows its total before the first tile."""

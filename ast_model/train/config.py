@@ -225,7 +225,11 @@ def resolve_phases(cfg: TrainConfig, *, world_size: int, train_samples: int | No
     out = []
     for i, st in enumerate(cfg.phases):
         per_epoch = math.ceil(train_samples / st.batch_size) if train_samples else 0
-        steps = st.steps if st.steps is not None else max(1, round(st.epochs * per_epoch))
+        if st.steps is not None:
+            steps = st.steps
+        else:
+            assert st.epochs is not None  # _phase_problems: exactly one of steps / epochs
+            steps = max(1, round(st.epochs * per_epoch))
         if cfg.schedule.warmup_epochs is not None:
             warm = round(cfg.schedule.warmup_epochs * per_epoch)
         else:

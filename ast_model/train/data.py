@@ -8,8 +8,9 @@ uninterrupted run saw: this is how the loader position is restored without savin
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -19,7 +20,9 @@ from ast_model.train.config import ResolvedPhase
 class TrainData(Protocol):
     """The loop's view of the data."""
 
-    def train_batches(self, phase: ResolvedPhase, *, start_step: int, batches: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, phase: ResolvedPhase, *, start_step: int, batches: int
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """``batches`` micro batches ``(input, target)`` of ``phase``'s patch and micro batch size."""
         ...
 
@@ -41,7 +44,14 @@ class ShardData:
     """
 
     def __init__(
-        self, train_dir: str | Path, val_dir: str | Path | None, *, seed: int, num_workers: int, rank: int, world_size: int
+        self,
+        train_dir: str | Path,
+        val_dir: str | Path | None,
+        *,
+        seed: int,
+        num_workers: int,
+        rank: int,
+        world_size: int,
     ) -> None:
         from ast_model.data.loaders import verify_shards
         from ast_model.data.shards import read_index
@@ -56,7 +66,9 @@ class ShardData:
         if self.val_dir is not None:
             verify_shards(self.val_dir)
 
-    def train_batches(self, phase: ResolvedPhase, *, start_step: int, batches: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, phase: ResolvedPhase, *, start_step: int, batches: int
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """See :class:`TrainData`."""
         from ast_model.data.loaders import make_train_loader
 
@@ -67,7 +79,8 @@ class ShardData:
             batches_per_epoch=batches,
             num_workers=self.num_workers,
             seed=self.seed,
-            epoch=start_step,  # the loader reseeds per epoch; counting it in steps makes a resume replay the same batches
+            # the loader reseeds per epoch; counting it in steps makes a resume replay the same batches
+            epoch=start_step,
             rank=self.rank,
             world_size=self.world_size,
             verify=False,
@@ -100,7 +113,9 @@ class SyntheticData:
         noisy = (target + 0.1 * torch.randn(shape, generator=gen)).clamp(0, 1)
         return noisy, target
 
-    def train_batches(self, phase: ResolvedPhase, *, start_step: int, batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, phase: ResolvedPhase, *, start_step: int, batches: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """See :class:`TrainData`."""
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + start_step) * 1_009 + self.rank)
         shape = (phase.micro_batch, 3, phase.patch_size, phase.patch_size)

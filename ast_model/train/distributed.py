@@ -130,7 +130,8 @@ def seed_everything(seed: int, *, deterministic: bool) -> None:
         # That switch also makes torch.empty fill new memory with NaN (a debugging aid, not needed for
         # determinism); DeepSpeed's ZeRO allocates its 5e8-element gradient buckets with torch.empty on
         # every step, so the fill would cost seconds per step on CPU.
-        torch.utils.deterministic.fill_uninitialized_memory = False
+        # ignore: a property of a ModuleType subclass that torch swaps in at import; its stubs do not declare it
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
 

@@ -7,8 +7,9 @@ clipping; the loop (:mod:`ast_model.train.loop`) owns everything else.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,10 +82,10 @@ def _unfused_masters(engine: Any) -> dict[int, torch.Tensor]:
     if not halves or not masters or len(halves) != len(masters):
         return {}
     out = {}
-    for hg, mg in zip(halves, masters):
+    for hg, mg in zip(halves, masters, strict=True):
         if isinstance(mg, torch.Tensor) or len(hg) != len(mg):  # flat masters (fused optimizer): not mapped
             return {}
-        out.update({id(h): m for h, m in zip(hg, mg)})
+        out.update({id(h): m for h, m in zip(hg, mg, strict=True)})
     return out
 
 

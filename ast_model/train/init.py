@@ -29,7 +29,7 @@ def start_as_identity(model: nn.Module) -> None:
     cfg = getattr(model, "config", None)
     if cfg is None or not (cfg.in_chans == 3 and cfg.out_chans == 3):
         raise ValueError("start_as_identity needs an AST with the global residual (3 -> 3 channels)")
-    for m in model.output_proj.modules():
+    for m in model.get_submodule("output_proj").modules():
         if isinstance(m, nn.Conv2d):
             nn.init.zeros_(m.weight)
             if m.bias is not None:

@@ -11,25 +11,25 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from ast_model.data.phases import phase_at
-from ast_model.train.resume import CheckpointStore
 from ast_model.train.data import TrainData
 from ast_model.train.distributed import DistInfo, all_sum
-from ast_model.train.history import HISTORY_FILE, read_history, write_history
 from ast_model.train.engine import compute_dtype, export_weights, master_state_dict, set_lr
+from ast_model.train.history import HISTORY_FILE, read_history, write_history
 from ast_model.train.loss import build_loss
 from ast_model.train.lr_schedule import lr_at
+from ast_model.train.resume import CheckpointStore
 from ast_model.train.spec import RunSpec
 from ast_model.train.tracker import Tracker
 from ast_model.train.validate import ValResult, validate
-
 
 
 class NonFiniteLossError(RuntimeError):

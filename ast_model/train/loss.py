@@ -11,7 +11,8 @@ The paper-scale recipes keep Charbonnier; the short embedded default trains with
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn

@@ -9,7 +9,7 @@ long epochs behave alike and a resumed run lands on exactly the same LR.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from ast_model.data.phases import phase_at
 from ast_model.train.config import ResolvedPhase

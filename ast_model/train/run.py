@@ -9,23 +9,24 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
 from ast_model import create_model
 from ast_model.artifacts import ModelDir, TrainingSummary
-from ast_model.train.init import start_as_identity
 from ast_model.data.files import atomic_write_json
-from ast_model.train.resume import CheckpointStore
 from ast_model.train.config import deepspeed_config
 from ast_model.train.data import ShardData, TrainData
-from ast_model.train.distributed import DistInfo, broadcast_object, init_distributed, seed_everything
+from ast_model.train.distributed import broadcast_object, init_distributed, seed_everything
 from ast_model.train.engine import build_engine
+from ast_model.train.init import start_as_identity
 from ast_model.train.loop import LoopState, NonFiniteLossError, Trainer
 from ast_model.train.lr_schedule import lr_at
+from ast_model.train.resume import CheckpointStore
 from ast_model.train.spec import RunSpec, changed_keys
 from ast_model.train.tracker import NullTracker, Tracker
 
@@ -78,7 +79,9 @@ def _decide(store: CheckpointStore, spec: RunSpec, policy: ResumePolicy) -> tupl
     record, marker = store.run_record(), store.marker()
     if record is None:
         if policy == "must":
-            raise ResumeError(f"--resume-only: no run record in {store.root}: nothing to resume (run without --resume-only)")
+            raise ResumeError(
+                f"--resume-only: no run record in {store.root}: nothing to resume (run without --resume-only)"
+            )
         return None, None, None
     old_run = record.get("tracking_run_id")
     if policy == "never":
@@ -143,8 +146,12 @@ def train(
     if cfg.compile:  # compiles lazily at the first step of each patch size; validation stays eager
         model.compile_network(inference=False)
     torch.manual_seed(cfg.seed + 1 + info.rank)  # then a stream per rank (stochastic depth masks)
-    ds_config = deepspeed_config(cfg, micro_batch=spec.phases[0].micro_batch, world_size=info.world_size,
-                                 lr=lr_at(spec.phases, 0, floor=cfg.schedule.min_lr))
+    ds_config = deepspeed_config(
+        cfg,
+        micro_batch=spec.phases[0].micro_batch,
+        world_size=info.world_size,
+        lr=lr_at(spec.phases, 0, floor=cfg.schedule.min_lr),
+    )
     engine = build_engine(model, ds_config)
     state = LoopState()
     if marker is not None:
@@ -152,8 +159,14 @@ def train(
         log.info("resuming from %s at step %d of %d", store.root / marker["tag"], state.step, spec.total_steps)
 
     if data is None:  # verifies this rank's shards: fail before a tracker run exists
-        data = ShardData(spec.train_dir, spec.val_dir, seed=cfg.seed, num_workers=cfg.num_workers,
-                         rank=info.rank, world_size=info.world_size)
+        data = ShardData(
+            spec.train_dir,
+            spec.val_dir,
+            seed=cfg.seed,
+            num_workers=cfg.num_workers,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
     tracker: Tracker = NullTracker()
     if info.is_main and tracker_factory is not None:
         tracker = tracker_factory(run_id, stale)
@@ -203,8 +216,9 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _interrupt)
 
 
-def _summary(spec: RunSpec, state: LoopState, trainer: Trainer, run_id: str | None,
-             marker: dict | None) -> TrainingSummary:
+def _summary(
+    spec: RunSpec, state: LoopState, trainer: Trainer, run_id: str | None, marker: dict | None
+) -> TrainingSummary:
     val = trainer.last_val
     return TrainingSummary(
         experiment=spec.train.experiment,

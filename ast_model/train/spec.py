@@ -72,7 +72,7 @@ class RunSpec:
         return json.loads(json.dumps(d))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
         """Rebuild from :meth:`to_dict` (the train section is re-checked strictly)."""
         d = dict(d)
         d["train"] = from_dict(TrainConfig, d["train"], prefix="train")
@@ -84,7 +84,7 @@ class RunSpec:
         atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunSpec":
+    def load(cls, path: str | Path) -> RunSpec:
         """Read a spec written by :meth:`save`."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 

@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ def _batch(batch: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (target + 0.05 * torch.randn(target.shape, generator=gen)).clamp(0, 1), target
 
 
-def _timed(step, warmup: int, steps: int) -> tuple[float, float]:
+def _timed(step: Callable[[], object], warmup: int, steps: int) -> tuple[float, float]:
     """Seconds per step: (median, minimum) of the timed steps, after ``warmup`` untimed ones.
 
     On a shared machine the minimum is the better estimate of the step's own cost; the median shows
@@ -69,12 +70,12 @@ def plain_loop(model_name: str, batch: int, patch: int, warmup: int, steps: int)
 
 def engine_loop(model_name: str, batch: int, patch: int, warmup: int, steps: int, zero: int) -> dict[str, Any]:
     """Seconds per step of the training loop's DeepSpeed step (call on every rank of a job)."""
-    from ast_model.train.resume import CheckpointStore
     from ast_model.train.config import PhaseConfig, TrainConfig, deepspeed_config, resolve_phases
     from ast_model.train.data import SyntheticData
     from ast_model.train.distributed import ensure_launcher_env, init_distributed
     from ast_model.train.engine import build_engine
     from ast_model.train.loop import Trainer
+    from ast_model.train.resume import CheckpointStore
     from ast_model.train.spec import RunSpec
     from ast_model.train.tracker import NullTracker
 

@@ -6,8 +6,9 @@ MLflow-backed tracker on rank 0 (:mod:`pipelines.tracking`). Every other rank ge
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 

@@ -7,8 +7,9 @@ project's one implementation (:mod:`ast_model.eval.metrics`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch

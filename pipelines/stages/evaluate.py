@@ -1,8 +1,8 @@
 """DVC stage ``evaluate``: score the trained model on the test split; log the result to its MLflow run.
 
 Reads the ``evaluate`` section (how to score) and the training profile (``train``: which experiment and
-dataset; with ``--task``, the task's profile and evaluate keys: :mod:`pipelines.params`), restores every image of ``data/shards/<dataset>/<split>/`` with ``models/<experiment>/best.pt``
-(or ``final.pt``), and writes:
+dataset; with ``--task``, the task's profile and evaluate keys: :mod:`pipelines.params`), restores every
+image of ``data/shards/<dataset>/<split>/`` with ``models/<experiment>/best.pt`` (or ``final.pt``), and writes:
 
 - ``metrics/<experiment>.json`` (:class:`ast_model.artifacts.EvaluationMetrics`): PSNR / SSIM of the
   restored images and of the degraded inputs (the baseline), per image too, and what was scored;
@@ -29,8 +29,9 @@ import argparse
 import contextlib
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,9 @@ class GridWriter:
         from ast_model.eval.images import save_png
 
         if len(self.written) < self.limit:
-            self.written.append(save_png(self.folder / f"{safe_name(key)}.png", sample_grid(degraded, restored, target)))
+            self.written.append(
+                save_png(self.folder / f"{safe_name(key)}.png", sample_grid(degraded, restored, target))
+            )
 
 
 def _stage_run(run_id: str | None, experiment: str, tags: dict[str, str]) -> tuple[Any, str]:
@@ -152,8 +155,9 @@ def preflight(
 
     source = str(params)
     resolved = stage_params(params, task, profile=profile, section=section)
-    train, cfg, problems = check_profile_and_section(resolved, profile, section, EvaluateConfig,
-                                                     purpose="the model to evaluate", source=source)
+    train, cfg, problems = check_profile_and_section(
+        resolved, profile, section, EvaluateConfig, purpose="the model to evaluate", source=source
+    )
     device = None
     if cfg is not None:
         try:
@@ -171,13 +175,17 @@ def preflight(
         except (ConfigError, FileNotFoundError) as exc:
             problems.append(str(exc))
         if weights is not None and cfg is not None and cfg.weights == "best" and weights.name != "best.pt":
-            print(f"evaluate: {model_dir.root} has no best.pt (training without validation): scoring {weights.name}",
-                  flush=True)
+            print(
+                f"evaluate: {model_dir.root} has no best.pt (training without validation): scoring {weights.name}",
+                flush=True,
+            )
         if cfg is not None:
             shard_dir = Path(shards) / train.dataset / cfg.split
             problems += shard_problems(shard_dir, progress=True)[1]
-        for folder, what in ((Path(metrics), "metrics folder (--metrics)"),
-                             (Path(reports) / train.experiment, "reports folder (--reports)")):
+        for folder, what in (
+            (Path(metrics), "metrics folder (--metrics)"),
+            (Path(reports) / train.experiment, "reports folder (--reports)"),
+        ):
             problem = output_dir_problem(folder, what)
             if problem:
                 problems.append(problem)
@@ -235,12 +243,23 @@ def run(
     from ast_model.eval.evaluate import evaluate_pairs
 
     train, cfg, device, weights, summary, shard_dir = preflight(
-        params, task=task, profile=profile, section=section, shards=shards, models=models, metrics=metrics,
-        reports=reports, track=track)
+        params,
+        task=task,
+        profile=profile,
+        section=section,
+        shards=shards,
+        models=models,
+        metrics=metrics,
+        reports=reports,
+        track=track,
+    )
     index = read_index(shard_dir)
     model = load_checkpoint(weights, map_location=device)
-    print(f"evaluate: {weights} on {shard_dir} ({index['samples']} images, protocol {cfg.protocol}, "
-          f"{'Y' if cfg.y_channel else 'RGB'}, {device})", flush=True)
+    print(
+        f"evaluate: {weights} on {shard_dir} ({index['samples']} images, protocol {cfg.protocol}, "
+        f"{'Y' if cfg.y_channel else 'RGB'}, {device})",
+        flush=True,
+    )
 
     reports_dir = Path(reports) / train.experiment
     start = time.perf_counter()
@@ -248,9 +267,17 @@ def run(
     # The folders the staging creates are removed again if scoring fails: no empty reports/<experiment>/.
     with _remove_new_folders_on_error(reports_dir), staged_dir(reports_dir / "samples") as staging:
         grids = GridWriter(staging, cfg.sample_grids)
-        scores = evaluate_pairs(model, split_pairs(shard_dir, cfg.max_images), protocol=cfg.protocol,
-                                y_channel=cfg.y_channel, crop_border=cfg.crop_border,
-                                options=cfg.restore_options(), device=device, on_result=grids, progress=progress)
+        scores = evaluate_pairs(
+            model,
+            split_pairs(shard_dir, cfg.max_images),
+            protocol=cfg.protocol,
+            y_channel=cfg.y_channel,
+            crop_border=cfg.crop_border,
+            options=cfg.restore_options(),
+            device=device,
+            on_result=grids,
+            progress=progress,
+        )
     seconds = time.perf_counter() - start
     result = EvaluationMetrics(
         **{f.name: getattr(scores, f.name) for f in dataclasses.fields(scores)},
@@ -271,15 +298,19 @@ def run(
     if track:
         # The run is settled before the file is written: its id goes into the file (register logs the
         # model into the same run), and the file itself is one of the run's artifacts.
-        c, run_id = _stage_run(summary.tracking_run_id if summary else None, train.experiment,
-                               {"evaluate.dataset": train.dataset})
+        c, run_id = _stage_run(
+            summary.tracking_run_id if summary else None, train.experiment, {"evaluate.dataset": train.dataset}
+        )
         result = dataclasses.replace(result, tracking_run_id=run_id)
         result.save(metrics_file)
         _log_evaluation(c, run_id, summary.steps if summary else 0, result, metrics_file, reports_dir / "samples")
     else:
         result.save(metrics_file)
-    print(f"evaluate: PSNR {result.psnr:.3f} dB, SSIM {result.ssim:.4f} (input {result.input_psnr:.3f} dB, "
-          f"{result.input_ssim:.4f}) over {result.count} images in {seconds:.1f} s -> {metrics_file}", flush=True)
+    print(
+        f"evaluate: PSNR {result.psnr:.3f} dB, SSIM {result.ssim:.4f} (input {result.input_psnr:.3f} dB, "
+        f"{result.input_ssim:.4f}) over {result.count} images in {seconds:.1f} s -> {metrics_file}",
+        flush=True,
+    )
     return result
 
 
@@ -287,18 +318,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m pipelines.stages.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    p.add_argument("--profile", default="train",
-                   help="training section naming experiment and dataset (default: %(default)s)")
+    p.add_argument(
+        "--profile", default="train", help="training section naming experiment and dataset (default: %(default)s)"
+    )
     p.add_argument("--section", default="evaluate", help="evaluation settings section (default: %(default)s)")
     p.add_argument("--task", help="a key of the `tasks` section (its experiment, dataset and evaluate keys)")
-    p.add_argument("--shards", default="data/shards",
-                   help="shard root: reads <shards>/<dataset>/<split> (default: %(default)s)")
+    p.add_argument(
+        "--shards", default="data/shards", help="shard root: reads <shards>/<dataset>/<split> (default: %(default)s)"
+    )
     p.add_argument("--models", default="models", help="model root: reads <models>/<experiment>/ (default: %(default)s)")
     p.add_argument("--metrics", default="metrics", help="writes <metrics>/<experiment>.json (default: %(default)s)")
     p.add_argument("--reports", default="reports", help="writes <reports>/<experiment>/samples/ (default: %(default)s)")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (offline; the store is not contacted)")
-    p.add_argument("--local-store", action="store_true",
-                   help="log to the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set")
+    p.add_argument(
+        "--no-mlflow", action="store_true", help="do not log to MLflow (offline; the store is not contacted)"
+    )
+    p.add_argument(
+        "--local-store",
+        action="store_true",
+        help="log to the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return p.parse_args(argv)
@@ -321,8 +359,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.errors import run_cli
 
     def body() -> int:
-        run(args.params, task=args.task, profile=args.profile, section=args.section, shards=args.shards, models=args.models,
-            metrics=args.metrics, reports=args.reports, track=not args.no_mlflow, progress=not args.quiet)
+        run(
+            args.params,
+            task=args.task,
+            profile=args.profile,
+            section=args.section,
+            shards=args.shards,
+            models=args.models,
+            metrics=args.metrics,
+            reports=args.reports,
+            track=not args.no_mlflow,
+            progress=not args.quiet,
+        )
         return 0
 
     return run_cli("evaluate", body, debug=args.debug, outcome="nothing written")

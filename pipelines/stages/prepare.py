@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ast_model.config import ConfigError, load_section
 from ast_model.data.build import check_real_dataset, clean_staging, prepare_embedded, prepare_real

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ast_model.config import ConfigError, load_section
 from ast_model.data.build import clean_staging, plan_dataset, shard_dataset
 from ast_model.data.config import DataConfig, ShardConfig
-from ast_model.data.files import ImageFileError
-from ast_model.data.manifest import ManifestError
 from ast_model.data.shards import ShardError
 
 

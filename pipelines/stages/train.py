@@ -26,8 +26,9 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 STAGE_MODULE = "pipelines.stages.train"
 
@@ -123,13 +124,24 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
         else:
             problems += shard_problems(val_dir, progress=True)[1]
     samples = int(index["samples"]) if index else None
-    problems += check_config(cfg, world_size=ws, train_samples=samples, num_shards=len(index["shards"]) if index else None,
-                             has_gpu=torch.cuda.is_available(), shard_dir=str(train_dir), pad_multiple=pad,
-                             section=profile)
+    problems += check_config(
+        cfg,
+        world_size=ws,
+        train_samples=samples,
+        num_shards=len(index["shards"]) if index else None,
+        has_gpu=torch.cuda.is_available(),
+        shard_dir=str(train_dir),
+        pad_multiple=pad,
+        section=profile,
+    )
     if index and index.get("min_height"):
         smallest = min(index["min_height"], index["min_width"])
-        problems += [f"{profile}.phases[{i}].patch_size={s.patch_size} is larger than the smallest training image "
-                     f"({smallest} px)" for i, s in enumerate(cfg.phases) if s.patch_size > smallest]
+        problems += [
+            f"{profile}.phases[{i}].patch_size={s.patch_size} is larger than the smallest training image "
+            f"({smallest} px)"
+            for i, s in enumerate(cfg.phases)
+            if s.patch_size > smallest
+        ]
     out_dir = (Path(args.out) / cfg.experiment).resolve()
     ckpt_dir = (Path(args.checkpoints) / cfg.experiment).resolve()
     for folder, what in ((out_dir, "model folder (--out)"), (ckpt_dir, "checkpoint folder (--checkpoints)")):
@@ -145,21 +157,35 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     stages = resolve_phases(cfg, world_size=ws, train_samples=samples)
     tags = {**data_version_tags(train_dir), **git_tags(), "train.profile": profile, "train.dataset": cfg.dataset}
     spec = RunSpec(
-        train=cfg, profile=profile, model_name=variant, model_kwargs=model_kwargs, phases=stages,
-        world_size=ws, train_dir=str(train_dir), val_dir=str(val_dir) if val_dir else None,
-        out_dir=str(out_dir), ckpt_dir=str(ckpt_dir), tags=tags, backend=launch.backend, timeout_s=launch.timeout_s,
+        train=cfg,
+        profile=profile,
+        model_name=variant,
+        model_kwargs=model_kwargs,
+        phases=stages,
+        world_size=ws,
+        train_dir=str(train_dir),
+        val_dir=str(val_dir) if val_dir else None,
+        out_dir=str(out_dir),
+        ckpt_dir=str(ckpt_dir),
+        tags=tags,
+        backend=launch.backend,
+        timeout_s=launch.timeout_s,
     )
     return spec, launch
 
 
 def _describe(spec: Any, launcher: str) -> str:
     cfg = spec.train
-    lines = [f"train: {spec.profile} -> {spec.out_dir}  ({spec.model_name}, {cfg.precision}, ZeRO {cfg.zero_stage}, "
-             f"{spec.world_size} process(es) via {launcher}, {spec.total_steps} steps)"]
+    lines = [
+        f"train: {spec.profile} -> {spec.out_dir}  ({spec.model_name}, {cfg.precision}, ZeRO {cfg.zero_stage}, "
+        f"{spec.world_size} process(es) via {launcher}, {spec.total_steps} steps)"
+    ]
     for s in spec.phases:
-        lines.append(f"  phase {s.index}: {s.steps} steps, patch {s.patch_size}, batch {s.global_batch} "
-                     f"(micro {s.micro_batch} x accum {cfg.grad_accum} x {spec.world_size}), lr {s.lr:g}, "
-                     f"warm-up {s.warmup_steps}")
+        lines.append(
+            f"  phase {s.index}: {s.steps} steps, patch {s.patch_size}, batch {s.global_batch} "
+            f"(micro {s.micro_batch} x accum {cfg.grad_accum} x {spec.world_size}), lr {s.lr:g}, "
+            f"warm-up {s.warmup_steps}"
+        )
     return "\n".join(lines)
 
 
@@ -168,12 +194,23 @@ def _tracker_factory(spec: Any):
     from pipelines.tracking import MlflowTracker
 
     def make(resume_run_id: str | None, stale_run_id: str | None) -> Any:
-        params = {"train": spec.train.to_dict(), "model": {"name": spec.model_name, **spec.model_kwargs},
-                  "resolved": {"world_size": spec.world_size, "total_steps": spec.total_steps,
-                               "phases": [dataclasses.asdict(s) for s in spec.phases]}}
-        tracker = MlflowTracker.start(experiment=spec.train.experiment, run_name=f"train-{spec.profile}",
-                                      params=params, tags={**spec.tags, "train.fingerprint": spec.fingerprint()},
-                                      resume_run_id=resume_run_id, stale_run_id=stale_run_id)
+        params = {
+            "train": spec.train.to_dict(),
+            "model": {"name": spec.model_name, **spec.model_kwargs},
+            "resolved": {
+                "world_size": spec.world_size,
+                "total_steps": spec.total_steps,
+                "phases": [dataclasses.asdict(s) for s in spec.phases],
+            },
+        }
+        tracker = MlflowTracker.start(
+            experiment=spec.train.experiment,
+            run_name=f"train-{spec.profile}",
+            params=params,
+            tags={**spec.tags, "train.fingerprint": spec.fingerprint()},
+            resume_run_id=resume_run_id,
+            stale_run_id=stale_run_id,
+        )
         if resume_run_id is None:  # lineage: the exact data, as MLflow dataset inputs (once per run)
             dvc = {k: v for k, v in spec.tags.items() if k.startswith("data.dvc.")}
             tracker.log_dataset(spec.train.dataset, spec.train_dir, context="training", tags=dvc)
@@ -221,8 +258,12 @@ def run_worker(spec_path: str | Path, resume: str = "auto", *, tracking: bool = 
         if debug or not is_tracking_failure(exc):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"train: the tracking store {tracking_uri()} failed during the run ({first[:300]}); the last "
-              "checkpoint is kept: rerun to resume, or pass --no-mlflow / --local-store", file=sys.stderr, flush=True)
+        print(
+            f"train: the tracking store {tracking_uri()} failed during the run ({first[:300]}); the last "
+            "checkpoint is kept: rerun to resume, or pass --no-mlflow / --local-store",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     return 0
 
@@ -232,8 +273,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.stages.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--profile", default="train", help="params section to train (train, train_spad, ...)")
-    p.add_argument("--task", help="a key of the `tasks` section: the profile with that task's keys merged in "
-                                  "(experiment = the task name)")
+    p.add_argument(
+        "--task",
+        help="a key of the `tasks` section: the profile with that task's keys merged in (experiment = the task name)",
+    )
     p.add_argument("--shards", default="data/shards", help="shard root: reads <shards>/<dataset>/<split>")
     p.add_argument("--out", default="models", help="output root: writes <out>/<experiment>/")
     p.add_argument("--checkpoints", default="checkpoints", help="DeepSpeed checkpoint root (resume)")
@@ -247,10 +290,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--fresh", action="store_true", help="ignore and delete existing checkpoints")
     group.add_argument("--resume-only", action="store_true", help="fail unless a checkpoint can be resumed")
     p.add_argument("--check", action="store_true", help="validate and print the plan, start nothing")
-    p.add_argument("--no-mlflow", dest="tracking", action="store_false",
-                   help="no MLflow run (offline); the tracking store is not contacted")
-    p.add_argument("--local-store", action="store_true",
-                   help="log to the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set")
+    p.add_argument(
+        "--no-mlflow",
+        dest="tracking",
+        action="store_false",
+        help="no MLflow run (offline); the tracking store is not contacted",
+    )
+    p.add_argument(
+        "--local-store",
+        action="store_true",
+        help="log to the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set",
+    )
     p.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)  # set by the launcher
     p.add_argument("--resume", default="auto", choices=["auto", "never", "must"], help=argparse.SUPPRESS)

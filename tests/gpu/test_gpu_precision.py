@@ -79,7 +79,7 @@ def test_fp16_autocast_with_grad_scaler_steps() -> None:
         scaler.step(opt)
         scaler.update()
     assert torch.isfinite(loss) and scaler.get_scale() > 1.0  # no overflow cascade
-    assert sum(not torch.equal(a, p) for a, p in zip(before, model.parameters())) == len(before)
+    assert sum(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)) == len(before)
 
 
 def test_fp32_fast_path_matches_reference_on_gpu() -> None:

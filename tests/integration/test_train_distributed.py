@@ -151,7 +151,8 @@ def test_one_process_torchrun_zero0_tracks_one_run_and_exports_plain_weights(wor
     assert run.info.artifact_uri.startswith((workspace / "mlartifacts").as_uri())
     p = run.data.params
     assert p["train.phases.1.patch_size"] == "128" and p["resolved.world_size"] == "1" and p["model.name"] == "ast_t"
-    assert {"train/loss", "train/lr", "train/images_per_s", "train/steps_per_s", "val/psnr", "val/ssim"} <= set(run.data.metrics)
+    logged = set(run.data.metrics)
+    assert {"train/loss", "train/lr", "train/images_per_s", "train/steps_per_s", "val/psnr", "val/ssim"} <= logged
     tags = run.data.tags
     assert tags["data.dvc.data/shards"] == "0123456789abcdef.dir" and len(tags["data.train_index_sha256"]) == 64
     assert len(tags["git.commit"]) == 40
@@ -196,8 +197,13 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 def test_sigkill_midway_then_relaunch_ends_with_the_uninterrupted_weights(workspace: Path, reference: Path) -> None:
     ckpt = workspace / "checkpoints" / "kill"
     final = workspace / "models" / "kill" / "final.pt"
-    proc = subprocess.Popen(_cmd("train_kill", "--nproc-per-node", "2"), cwd=workspace, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd("train_kill", "--nproc-per-node", "2"),
+        cwd=workspace,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + TIMEOUT
     try:
         while not (ckpt / "latest.json").exists():  # the first complete checkpoint (step 4)
@@ -222,15 +228,24 @@ def test_sigkill_midway_then_relaunch_ends_with_the_uninterrupted_weights(worksp
 def test_two_nodes_on_one_host(workspace: Path) -> None:
     port = str(_free_port())
     common = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port]
-    nodes = [subprocess.Popen(_cmd("train_nodes", *common, "--node-rank", str(r)), cwd=workspace, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            _cmd("train_nodes", *common, "--node-rank", str(r)),
+            cwd=workspace,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     try:
         outs = [n.communicate(timeout=TIMEOUT)[0] for n in nodes]
     finally:
         for n in nodes:
             if n.poll() is None:
                 _kill_tree(n)
-    for node, out in zip(nodes, outs):
+    for node, out in zip(nodes, outs, strict=True):
         assert node.returncode == 0, out[-4000:]
     assert "2 process(es) via torchrun" in outs[0]
     summary = json.loads((workspace / "models" / "nodes" / "summary.json").read_text())

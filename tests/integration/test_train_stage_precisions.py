@@ -25,8 +25,14 @@ STEPS = 6
 
 
 def _profile(experiment: str, **changes) -> dict:
-    return {**PROFILE, "experiment": experiment, "phases": [{"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": STEPS}],
-            "save_every": STEPS, "validation": {"every_steps": STEPS, "sample_images": 1}, **changes}
+    return {
+        **PROFILE,
+        "experiment": experiment,
+        "phases": [{"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": STEPS}],
+        "save_every": STEPS,
+        "validation": {"every_steps": STEPS, "sample_images": 1},
+        **changes,
+    }
 
 
 PROFILES = {
@@ -59,8 +65,14 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, torch_extensions_dir: Pa
 
 def _train(ws: Path, profile: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     """Run the stage in-process (one process, no launcher); returns (config.json, summary.json, final weights)."""
-    proc = subprocess.run([sys.executable, "-m", "pipelines.stages.train", "--profile", profile],
-                          cwd=ws, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.stages.train", "--profile", profile],
+        cwd=ws,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     _ok(proc)
     out = ws / "models" / PROFILES[profile]["experiment"]
     config = json.loads((out / "config.json").read_text())
@@ -94,8 +106,14 @@ def test_half_precisions_train_close_to_fp32(workspace: Path, fp32_run: tuple, p
 
 
 def test_fp16_needs_a_gpu(workspace: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.stages.train", "--profile", "train_fp16", "--check"],
-                          cwd=workspace, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.stages.train", "--profile", "train_fp16", "--check"],
+        cwd=workspace,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     assert proc.returncode == 2 and "train_fp16.precision=autocast_fp16 needs a GPU" in proc.stdout + proc.stderr

@@ -89,7 +89,7 @@ def test_bf16_autocast_optimizer_steps_keep_fp32_masters() -> None:
         losses.append(loss.item())
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(not torch.equal(a, p) for a, p in zip(before, model.parameters())) == len(before)
+    assert sum(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)) == len(before)
 
 
 def test_whole_bf16_model_fast_matches_reference() -> None:
@@ -134,7 +134,7 @@ def test_window_assa_under_autocast_matches_plain_ops_and_returns_input_dtypes()
         out.float().square().sum().backward()
         grads[label] = (out.detach(), [t.grad.clone() for t in (q, k, v, bias, w)])
     assert _rel(grads["fast"][0], grads["plain"][0]) < OUT_TOL
-    for got, want in zip(grads["fast"][1], grads["plain"][1]):
+    for got, want in zip(grads["fast"][1], grads["plain"][1], strict=True):
         assert got.dtype == torch.float32
         assert _rel(got, want) < GRAD_TOL
 

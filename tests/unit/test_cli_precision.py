@@ -50,15 +50,19 @@ def test_bf16_on_cpu_restores_within_bf16_rounding_of_fp32(checkpoint: Path, ima
 
 def test_fp16_still_needs_cuda(checkpoint: Path, image_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
-        main([str(image_dir), str(tmp_path / "o"), "--model", str(checkpoint), "--device", "cpu", "--precision", "fp16"])
+        main(
+            [str(image_dir), str(tmp_path / "o"), "--model", str(checkpoint), "--device", "cpu", "--precision", "fp16"]
+        )
     assert exc.value.code == 2
     with pytest.raises(ValueError, match="CUDA"):
-        restore_image(create_model("ast_t", **TINY), np.zeros((8, 8, 3), np.float32), RestoreOptions(precision="fp16"),
-                      "cpu")
+        restore_image(
+            create_model("ast_t", **TINY), np.zeros((8, 8, 3), np.float32), RestoreOptions(precision="fp16"), "cpu"
+        )
 
 
-def test_compile_flag_restores_the_same_images(checkpoint: Path, image_dir: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_flag_restores_the_same_images(
+    checkpoint: Path, image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``--compile`` (here through the fast aot_eager backend) gives the eager pixels."""
     from ast_model.nn.ast import AST
 

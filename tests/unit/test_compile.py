@@ -58,7 +58,9 @@ def test_block_compiles_fullgraph_and_matches_eager(attention: str | None, shift
 def test_blocks_with_different_drop_path_rates_share_one_compilation() -> None:
     """Every block has its own stochastic-depth rate; none of them may trigger a recompile (issue 10)."""
     torch.manual_seed(1)
-    blocks = [TransformerBlock(16, 2, win_size=4, attention="assa", drop_path=p).train() for p in (0.02, 0.05, 0.1, 0.2)]
+    blocks = [
+        TransformerBlock(16, 2, win_size=4, attention="assa", drop_path=p).train() for p in (0.02, 0.05, 0.1, 0.2)
+    ]
     for b in blocks:
         b.compile(fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 8, 8, 16, requires_grad=True)
@@ -78,7 +80,7 @@ def test_network_compiles_once_per_padded_shape_and_matches_eager() -> None:
         got = [model(a)]
         with torch._dynamo.config.patch(error_on_recompile=True):
             got.append(model(b))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape and (g - w).abs().max() < 1e-6
 
 

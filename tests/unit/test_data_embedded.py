@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ast_model.data.config import EmbeddedConfig
-from ast_model.data.embedded import generate_split, list_photos, load_photo, embedded_problems
+from ast_model.data.embedded import embedded_problems, generate_split, list_photos, load_photo
 
 TINY = EmbeddedConfig(
     short_side=24,
@@ -22,7 +22,7 @@ def test_generation_is_deterministic_and_records_params(task: str) -> None:
     a = list(generate_split(task, "train", TINY))
     b = list(generate_split(task, "train", TINY))
     assert [p.key for p in a] == ["astronaut_000", "astronaut_001", "chelsea_000", "chelsea_001"]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert np.array_equal(x.input, y.input) and np.array_equal(x.target, y.target) and x.meta == y.meta
     for pair in a:
         assert pair.input.dtype == np.uint8 and pair.input.shape == pair.target.shape

@@ -44,7 +44,7 @@ def test_write_then_read_is_bit_exact(tmp_path: Path) -> None:
     # The eval loader gives back the same pixels, in the written order, each sample once.
     seen = list(make_eval_loader(tmp_path, verify=True))
     assert [s["key"] for s in seen] == [r.key for r in records]
-    for sample, record in zip(seen, records):
+    for sample, record in zip(seen, records, strict=True):
         expected = decode_image(record.input_png)
         got = (sample["input"][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         assert sample["input"].shape == (1, 3, 12, 20)

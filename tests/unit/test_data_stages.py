@@ -136,8 +136,8 @@ def test_unknown_params_key_is_named(tmp_path: Path) -> None:
 
 
 def test_the_repository_params_load() -> None:
-    from ast_model.data.config import DataConfig, PrepareConfig, ShardConfig
     from ast_model.config import load_section
+    from ast_model.data.config import DataConfig, PrepareConfig, ShardConfig
 
     root = Path(__file__).resolve().parents[2]
     data = load_section(DataConfig, root / "params.yaml", "data")

@@ -94,7 +94,9 @@ def test_a_profile_lists_type_and_value_problems_together_under_its_own_name(tmp
     err = capsys.readouterr().err
     lines = err.splitlines()
     items = [line for line in lines if line.startswith("  - ")]
-    assert lines[0] == f"train: {len(items)} problems in {tmp_path / 'params.yaml'} (section train_p1), nothing started:"
+    assert (
+        lines[0] == f"train: {len(items)} problems in {tmp_path / 'params.yaml'} (section train_p1), nothing started:"
+    )
     assert len(items) == 4 and len(lines) == 5  # header count == listed items
     text = "\n".join(items)
     assert "unknown key(s) train_p1.lr_initial" in text
@@ -106,17 +108,31 @@ def test_a_profile_lists_type_and_value_problems_together_under_its_own_name(tmp
 
 
 def test_one_problem_is_one_line_with_the_file(tmp_path, shards, capsys) -> None:
-    params = {"model": {"name": "ast_t"}, "train": {
-        "experiment": "p", "dataset": "tiny", "model_overrides": TINY, "grad_clip": -1.0,
-        "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 4}]}}
+    params = {
+        "model": {"name": "ast_t"},
+        "train": {
+            "experiment": "p",
+            "dataset": "tiny",
+            "model_overrides": TINY,
+            "grad_clip": -1.0,
+            "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 4}],
+        },
+    }
     assert _train(tmp_path, shards, params) == 2
     err = capsys.readouterr().err
     assert err == f"train: {tmp_path / 'params.yaml'}: train.grad_clip must be >= 0 (0 = off)\n"
 
 
 def test_debug_shows_the_traceback_instead(tmp_path, shards) -> None:
-    params = {"model": {"name": "ast_t"}, "train": {"dataset": "tiny", "grad_clip": -1.0, "model_overrides": TINY,
-                                                    "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}]}}
+    params = {
+        "model": {"name": "ast_t"},
+        "train": {
+            "dataset": "tiny",
+            "grad_clip": -1.0,
+            "model_overrides": TINY,
+            "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}],
+        },
+    }
     with pytest.raises(PreflightError, match="grad_clip"):
         _train(tmp_path, shards, params, "--debug")
 
@@ -125,8 +141,14 @@ def test_debug_shows_the_traceback_instead(tmp_path, shards) -> None:
 def test_an_unwritable_model_folder_stops_the_train_stage(tmp_path, shards, capsys) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models").chmod(0o555)
-    params = {"model": {"name": "ast_t"}, "train": {"dataset": "tiny", "model_overrides": TINY,
-                                                    "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}]}}
+    params = {
+        "model": {"name": "ast_t"},
+        "train": {
+            "dataset": "tiny",
+            "model_overrides": TINY,
+            "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}],
+        },
+    }
     try:
         assert _train(tmp_path, shards, params) == 2
     finally:
@@ -136,8 +158,15 @@ def test_an_unwritable_model_folder_stops_the_train_stage(tmp_path, shards, caps
 
 def test_a_model_folder_that_is_a_file_stops_the_train_stage_before_anything_starts(tmp_path, shards, capsys) -> None:
     (tmp_path / "models").write_text("not a folder")  # works for root too: a file is never a folder
-    params = {"model": {"name": "ast_t"}, "train": {"experiment": "e", "dataset": "tiny", "model_overrides": TINY,
-                                                    "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}]}}
+    params = {
+        "model": {"name": "ast_t"},
+        "train": {
+            "experiment": "e",
+            "dataset": "tiny",
+            "model_overrides": TINY,
+            "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1, "steps": 1}],
+        },
+    }
     assert _train(tmp_path, shards, params) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model folder (--out)" in err and "is a file, not a folder" in err
@@ -148,8 +177,9 @@ def test_a_model_folder_that_is_a_file_stops_the_train_stage_before_anything_sta
 def _hint(precision: str, grad_clip: float = 0.0) -> str:
     from ast_model.train.loop import Trainer
 
-    fake = SimpleNamespace(spec=SimpleNamespace(profile="train_p1"),
-                           cfg=SimpleNamespace(precision=precision, grad_clip=grad_clip))
+    fake = SimpleNamespace(
+        spec=SimpleNamespace(profile="train_p1"), cfg=SimpleNamespace(precision=precision, grad_clip=grad_clip)
+    )
     return Trainer._non_finite_hint(fake)
 
 
@@ -166,14 +196,29 @@ def eval_repo(tmp_path: Path, monkeypatch) -> Path:
     """A test split whose shard matches its index but holds an undecodable image: scoring fails midway."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AST_CACHE_DIR", str(tmp_path / "cache"))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "train": {"experiment": "tiny", "dataset": "tinyset",
-                  "phases": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}]}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "train": {
+                    "experiment": "tiny",
+                    "dataset": "tinyset",
+                    "phases": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}],
+                }
+            }
+        )
+    )
     good = np.zeros((24, 32, 3), np.uint8)
-    records = [ShardSample("a", encode_png(good), encode_png(good), {"width": 32, "height": 24}),
-               ShardSample("b", b"\x89PNG\r\n\x1a\n not an image", encode_png(good), {"width": 32, "height": 24})]
-    write_split(tmp_path / "data/shards/tinyset/test", records, lambda r: r, n_shards=1,
-                info={"dataset": "tinyset", "task": "rain", "split": "test"})
+    records = [
+        ShardSample("a", encode_png(good), encode_png(good), {"width": 32, "height": 24}),
+        ShardSample("b", b"\x89PNG\r\n\x1a\n not an image", encode_png(good), {"width": 32, "height": 24}),
+    ]
+    write_split(
+        tmp_path / "data/shards/tinyset/test",
+        records,
+        lambda r: r,
+        n_shards=1,
+        info={"dataset": "tinyset", "task": "rain", "split": "test"},
+    )
     (tmp_path / "models/tiny").mkdir(parents=True)
     torch.manual_seed(0)
     save_checkpoint(create_model("ast_t", **TINY), tmp_path / "models/tiny/final.pt")
@@ -224,8 +269,9 @@ def _spy_reads(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("case", ["file", "under_a_file"])
-def test_ast_restore_checks_its_output_before_reading_any_image(case, checkpoint, photo, tmp_path, monkeypatch,
-                                                                capsys) -> None:
+def test_ast_restore_checks_its_output_before_reading_any_image(
+    case, checkpoint, photo, tmp_path, monkeypatch, capsys
+) -> None:
     from ast_model.cli import main
 
     reads = _spy_reads(monkeypatch)

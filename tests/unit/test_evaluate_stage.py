@@ -12,9 +12,8 @@ import pytest
 import torch
 import yaml
 
-from ast_model.artifacts import TrainingSummary
-
 from ast_model import create_model, load_checkpoint, save_checkpoint
+from ast_model.artifacts import TrainingSummary
 from ast_model.data.files import encode_png
 from ast_model.data.shards import ShardSample, write_split
 from ast_model.eval.metrics import psnr, ssim
@@ -90,7 +89,7 @@ def test_metrics_file_grids_and_scores_match_an_independent_computation(repo: Pa
     # Independent: restore with the best checkpoint and score with the metric functions directly.
     model = load_checkpoint(repo / "models/tiny/best.pt")
     scoring = dict(y_channel=True, protocol="matlab")
-    for row, (key, noisy, target) in zip(result["per_image"], _pairs()):
+    for row, (_key, noisy, target) in zip(result["per_image"], _pairs(), strict=True):
         restored = restore_image(model, noisy.astype(np.float32) / 255)
         assert row["psnr"] == pytest.approx(psnr(restored, target, **scoring), abs=1e-6)
         assert row["ssim"] == pytest.approx(ssim(restored, target, **scoring), abs=1e-6)

@@ -57,7 +57,11 @@ def test_list_models_and_unknown_options() -> None:
 
 @pytest.mark.parametrize(
     "variant,side,tol",
-    [("T", 128, 1e-5), pytest.param("T", 256, 1e-5, marks=pytest.mark.slow), pytest.param("B", 128, 5e-5, marks=pytest.mark.slow)],
+    [
+        ("T", 128, 1e-5),
+        pytest.param("T", 256, 1e-5, marks=pytest.mark.slow),
+        pytest.param("B", 128, 5e-5, marks=pytest.mark.slow),
+    ],
 )
 def test_matches_official_forward(variant: str, side: int, tol: float) -> None:
     """fp32 fast path vs the official computation in fp64 (built at img_size 128: unshifted bottleneck)."""

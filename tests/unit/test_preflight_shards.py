@@ -14,8 +14,8 @@ import yaml
 
 import ast_model.data.shards as shards_mod
 from ast_model.data.shards import ShardError, shard_problems, verify_shards
-from tests.shards import write_tiny_split
 from pipelines.stages import train as train_stage
+from tests.shards import write_tiny_split
 
 GOOD = {
     "model": {"name": "ast_t"},

@@ -1,10 +1,12 @@
-"""The champion gate and the registry's pure helpers (pipelines.gate, pipelines.model_registry, the register section)."""
+"""The champion gate and the registry's pure helpers.
+
+pipelines.gate, pipelines.model_registry, the register section.
+"""
 
 from __future__ import annotations
 
-import json
-
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -16,8 +18,16 @@ from pipelines.gate import RegisterConfig, Score, decide, registered_model_name
 from pipelines.model_registry import SERVING_PACKAGES, pinned_requirements
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = Score(psnr=30.0, ssim=0.9, dataset="embedded_rain", split="test", protocol="float", y_channel=False,
-                 crop_border=0, test_data="abc")
+BASE = Score(
+    psnr=30.0,
+    ssim=0.9,
+    dataset="embedded_rain",
+    split="test",
+    protocol="float",
+    y_channel=False,
+    crop_border=0,
+    test_data="abc",
+)
 
 
 def score(**changes: object) -> Score:
@@ -85,9 +95,20 @@ def test_score_tags_round_trip() -> None:
 def test_score_from_metrics_and_a_metrics_file_missing_a_field(tmp_path: Path) -> None:
     from ast_model.artifacts import EvaluationMetrics
 
-    metrics = EvaluationMetrics(psnr=30.0, ssim=0.9, input_psnr=25.0, input_ssim=0.8, protocol="float",
-                                y_channel=False, crop_border=0, count=0, per_image=[], dataset="embedded_rain",
-                                split="test", test_index_sha256="abc")
+    metrics = EvaluationMetrics(
+        psnr=30.0,
+        ssim=0.9,
+        input_psnr=25.0,
+        input_ssim=0.8,
+        protocol="float",
+        y_channel=False,
+        crop_border=0,
+        count=0,
+        per_image=[],
+        dataset="embedded_rain",
+        split="test",
+        test_index_sha256="abc",
+    )
     assert Score.from_metrics(EvaluationMetrics.load(metrics.save(tmp_path / "m.json"))) == BASE
     data = json.loads((tmp_path / "m.json").read_text())
     del data["protocol"]

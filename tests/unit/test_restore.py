@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 
 from ast_model.eval.restore import (
     RestoreOptions,
+    _ramp,  # the blending weight itself is the seam guarantee
     dihedral,
     dihedral_inverse,
     restore_image,
@@ -18,7 +21,6 @@ from ast_model.eval.restore import (
     tile_size_for_budget,
     tile_starts,
 )
-from ast_model.eval.restore import _ramp  # the blending weight itself is the seam guarantee
 
 CPU = torch.device("cpu")
 
@@ -69,7 +71,7 @@ def test_tile_starts_cover_the_image_with_the_last_tile_flush() -> None:
         for s in starts:
             covered[s : s + 40] = True
         assert covered.all() and starts[-1] + 40 == length
-        assert all(b - a <= 40 - 12 for a, b in zip(starts, starts[1:]))  # overlap at least 12
+        assert all(b - a <= 40 - 12 for a, b in itertools.pairwise(starts))  # overlap at least 12
     with pytest.raises(ValueError, match="overlap"):
         tile_starts(100, 16, 16)
 

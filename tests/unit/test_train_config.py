@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from ast_model.config import ConfigError, load_section, read_params
-from pipelines.params import load_profile
 from ast_model.train.config import (
-    ScheduleConfig,
     PhaseConfig,
+    ScheduleConfig,
     TrainConfig,
     check_config,
     deepspeed_config,
     resolve_phases,
 )
+from pipelines.params import load_profile
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -44,8 +44,16 @@ def test_global_batch_splits_into_micro_batches_per_rank() -> None:
 
 def test_epochs_become_steps_like_the_official_loader() -> None:
     # AGAN-Data: 861 pairs, batch 32 -> ceil(861 / 32) = 27 it/epoch; 300 epochs, 3 warm-up epochs.
-    cfg = load_section(TrainConfig, {"train": {"phases": [{"patch_size": 128, "batch_size": 32, "lr": 2e-4, "epochs": 300}],
-                                               "schedule": {"warmup_epochs": 3}}}, "train")
+    cfg = load_section(
+        TrainConfig,
+        {
+            "train": {
+                "phases": [{"patch_size": 128, "batch_size": 32, "lr": 2e-4, "epochs": 300}],
+                "schedule": {"warmup_epochs": 3},
+            }
+        },
+        "train",
+    )
     (st,) = resolve_phases(cfg, world_size=2, train_samples=861)
     assert (st.steps, st.warmup_steps, st.micro_batch) == (8100, 81, 16)
 
@@ -65,8 +73,15 @@ def test_check_config_collects_every_problem() -> None:
         num_workers=2,
         schedule=ScheduleConfig(warmup_steps=1, warmup_epochs=1.0),
     )
-    problems = check_config(cfg, world_size=4, train_samples=100, num_shards=4, has_gpu=False,
-                            shard_dir="data/shards/x/train", pad_multiple=64)
+    problems = check_config(
+        cfg,
+        world_size=4,
+        train_samples=100,
+        num_shards=4,
+        has_gpu=False,
+        shard_dir="data/shards/x/train",
+        pad_multiple=64,
+    )
     text = "\n".join(problems)
     assert "8 readers" in text and "only 4 training shard(s) in data/shards/x/train" in text
     assert "fp16 needs a GPU" in text

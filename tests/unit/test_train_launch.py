@@ -22,7 +22,7 @@ def test_torchrun_single_node_is_standalone() -> None:
 def test_torchrun_two_nodes_rendezvous_at_the_master() -> None:
     cfg = LaunchConfig(nnodes=2, node_rank=1, nproc_per_node=1, master_addr="10.0.0.1", master_port=29511)
     cmd = build_command(cfg, WORKER, python="py")
-    flags = dict(zip(cmd[3:-4:2], cmd[4:-4:2]))
+    flags = dict(zip(cmd[3:-4:2], cmd[4:-4:2], strict=True))
     assert flags["--nnodes"] == "2" and flags["--node_rank"] == "1"
     assert flags["--master_addr"] == "10.0.0.1" and flags["--master_port"] == "29511"
     assert "--standalone" not in cmd

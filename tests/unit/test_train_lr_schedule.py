@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -24,8 +25,8 @@ def test_one_step_per_epoch_reproduces_the_official_per_epoch_schedule() -> None
 def test_warmup_rises_then_cosine_falls_towards_the_floor() -> None:
     lrs = [warmup_cosine(t, steps=100, warmup=10, peak=1e-3, floor=1e-6) for t in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1e-3)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert 1e-6 < lrs[-1] < 1e-6 + 1e-3 * 1e-3  # one step short of the floor, as the official schedule
     assert warmup_cosine(500, steps=100, warmup=10, peak=1e-3, floor=1e-6) == lrs[-1]  # past the end: flat
 

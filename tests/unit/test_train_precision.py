@@ -38,9 +38,12 @@ def test_autocast_keeps_fp32_weights_and_fp32_gradient_reduction(precision: str,
 
 def test_deepspeed_parses_the_autocast_section() -> None:
     pytest.importorskip("deepspeed")
-    from deepspeed.runtime.config import get_lower_precision_safe_modules, get_torch_autocast_dtype, get_torch_autocast_enabled
-
     import torch
+    from deepspeed.runtime.config import (
+        get_lower_precision_safe_modules,
+        get_torch_autocast_dtype,
+        get_torch_autocast_enabled,
+    )
 
     for precision, dtype in (("autocast_bf16", torch.bfloat16), ("autocast_fp16", torch.float16)):
         ds = _ds(precision)
@@ -62,7 +65,9 @@ def test_fp16_variants_need_a_gpu_and_autocast_bf16_does_not() -> None:
 
 def test_precision_and_compile_are_typed_keys() -> None:
     stages = [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 1}]
-    cfg = load_section(TrainConfig, {"train": {"phases": stages, "precision": "autocast_bf16", "compile": True}}, "train")
+    cfg = load_section(
+        TrainConfig, {"train": {"phases": stages, "precision": "autocast_bf16", "compile": True}}, "train"
+    )
     assert cfg.precision == "autocast_bf16" and cfg.compile is True
     with pytest.raises(ConfigError, match=r"train\.precision"):
         load_section(TrainConfig, {"train": {"phases": stages, "precision": "amp"}}, "train")

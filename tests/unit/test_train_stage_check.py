@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.shards import write_tiny_split
 from pipelines.stages import train as stage
+from tests.shards import write_tiny_split
 
 GOOD = {
     "model": {"name": "ast_t"},

@@ -81,7 +81,10 @@ def test_a_run_is_created_resumed_and_finished(tmp_path: Path, monkeypatch) -> N
     runs = c.search_runs([c.get_experiment_by_name("exp").experiment_id])
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.data.params == {"train.lr": "0.001", "train.launch.nproc_per_node": "1"}
+    assert run.info.status == "FINISHED" and run.data.params == {
+        "train.lr": "0.001",
+        "train.launch.nproc_per_node": "1",
+    }
     assert run.data.metrics == {"train/loss": 0.5} and run.data.tags["git.commit"] == "abc"
     assert run.data.tags["train.resumes"] == "1"
     artifacts = [a.path for a in c.list_artifacts(run.info.run_id, "images")]

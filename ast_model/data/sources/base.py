@@ -9,15 +9,15 @@ dataset in one pass.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 from PIL import Image
 from tqdm import tqdm
 
 from ast_model.data.files import IMAGE_SUFFIXES, ImageFileError, check_mode, sha256_file
-
 
 
 class SourceError(ValueError):
@@ -130,7 +130,9 @@ def find_pair_dirs(
         problems.append(f"{base}: no input folder (one of {', '.join(input_names)})")
     if tg_dir is None:
         problems.append(f"{base}: no target folder (one of {', '.join(target_names)})")
-    return problems or (in_dir, tg_dir)
+    if in_dir is None or tg_dir is None:
+        return problems
+    return in_dir, tg_dir
 
 
 def _inspect(path: Path, mode: Literal["full", "header"]) -> tuple[tuple[int, int] | None, str | None]:
@@ -169,7 +171,7 @@ def check_pairs(
         in_size, in_problem = _inspect(pair.input, mode)
         tg_size, tg_problem = _inspect(pair.target, mode)
         problems += [p for p in (in_problem, tg_problem) if p]
-        if in_problem or tg_problem:
+        if in_size is None or tg_size is None:  # no size exactly when there is a problem, recorded above
             continue
         if in_size != tg_size:
             problems.append(

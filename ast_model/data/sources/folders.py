@@ -47,7 +47,8 @@ def scan(root: Path, subset: str) -> tuple[list[PairRef], list[str]]:
         problems.append(f"{inputs[stem]}: missing partner (no {stem}.* in {tg_dir})")
     for stem in sorted(set(targets) - set(inputs)):
         problems.append(f"{targets[stem]}: missing partner (no {stem}.* in {in_dir})")
-    pairs, keys = [], {}
+    pairs: list[PairRef] = []
+    keys: dict[str, str] = {}  # sample key -> the stem it came from
     for stem in sorted(set(inputs) & set(targets)):
         key = sanitize_key(stem)
         if key in keys:
