@@ -266,7 +266,10 @@ def _relabel(line: str, section: str, label: str, overridden: Mapping[str, Any])
 
 
 def _yaml11_float(representer: Any, value: float) -> Any:
-    """A float the way PyYAML (YAML 1.1, which reads params.yaml) reads it back: ``1.0e-06``, not ``1e-06`` (a string)."""
+    """A float the way PyYAML (YAML 1.1, which reads params.yaml) reads it back.
+
+    ``1.0e-06``, not ``1e-06`` (which YAML 1.1 reads as a string).
+    """
     text = repr(value).lower()
     if value != value or value in (float("inf"), float("-inf")):
         text = ".nan" if value != value else ("-.inf" if value < 0 else ".inf")

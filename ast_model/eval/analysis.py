@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -107,7 +108,7 @@ def attention_entropy(model: nn.Module, images: Iterable[torch.Tensor]) -> Atten
     counts = {name: torch.zeros(m.num_heads, dtype=torch.float64) for name, m in layers}
     empty = 0
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[[WindowAttentionBase, tuple, dict], None]:
         def record(mod: WindowAttentionBase, args: tuple, kwargs: dict) -> None:
             nonlocal empty
             x = args[0]
@@ -180,7 +181,7 @@ def branch_weights(model: nn.Module) -> list[BranchWeight]:
     return out
 
 
-def plot_branch_weights(weights: Sequence[BranchWeight], title: str = "") -> "Figure":
+def plot_branch_weights(weights: Sequence[BranchWeight], title: str = "") -> Figure:
     """Figure 4: dense and sparse branch weights per ASSA layer, as grouped bars.
 
     Returns a bare ``matplotlib.figure.Figure`` (no pyplot, no global state); save it with

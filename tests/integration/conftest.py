@@ -22,7 +22,8 @@ def torch_extensions_dir() -> Path:
     path = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or REPO / ".cache" / "torch_extensions")
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCH_EXTENSIONS_DIR"] = str(path)
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # one ninja (the venv's, as DVC stages find it): another version's log forces a rebuild
+    # one ninja (the venv's, as DVC stages find it): another version's log forces a rebuild
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     code = (
         "from deepspeed.accelerator import get_accelerator\n"
         "b = get_accelerator().create_op_builder('ShareMemCommBuilder')\n"

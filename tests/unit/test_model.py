@@ -217,7 +217,8 @@ def test_fast_and_reference_paths_agree_forward_and_backward() -> None:
 
 
 def test_custom_autograd_functions_gradcheck() -> None:
-    from ast_model.nn.functional import adaptive_sparse_attention as assa, gated_dw_tail
+    from ast_model.nn.functional import adaptive_sparse_attention as assa
+    from ast_model.nn.functional import gated_dw_tail
 
     torch.manual_seed(8)
     d = dict(dtype=torch.float64, requires_grad=True)
