@@ -124,7 +124,7 @@ def registered(tmp_path_factory) -> dict:
         run_id = client.create_run(experiment_id(client, "tiny"), run_name="train-train").info.run_id
         client.set_terminated(run_id, "FINISHED")
         params = {"train": {"experiment": "tiny", "dataset": "tinyset",
-                            "stages": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}]},
+                            "phases": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}]},
                   "register": {"model_name": "{task}-ast"}}
         (root / "params.yaml").write_text(yaml.safe_dump(params))
         torch.manual_seed(0)
@@ -133,7 +133,7 @@ def registered(tmp_path_factory) -> dict:
                    "y_channel": False, "crop_border": 0, "count": 3, "per_image": [], "dataset": "tinyset",
                    "task": "rain", "split": "test", "weights": "best.pt", "variant": "ast_t",
                    "checkpoint_sha256": sha256_file(checkpoint)[0], "test_index_sha256": "0" * 64,
-                   "mlflow_run_id": run_id}
+                   "tracking_run_id": run_id}
         atomic_write_json(root / "metrics/tiny.json", metrics)
         assert register.main(["--params", str(root / "params.yaml"), "--models", str(root / "models"),
                               "--metrics", str(root / "metrics"), "--reports", str(root / "reports"),
@@ -157,7 +157,7 @@ def _env(uri: str) -> dict[str, str]:
 
 def test_the_version_carries_onnx_with_its_parity_and_runs_without_torch(registered) -> None:
     result, client = registered["result"], registered["client"]
-    assert result["promoted"] and result["onnx"]["artifact"] == "onnx/model.onnx"
+    assert result["promoted"]
     tags = client.get_model_version(MODEL, result["version"]).tags
     assert tags["onnx.artifact"] == "onnx/model.onnx" and tags["onnx.opset"] == "18"
     assert float(tags["onnx.parity_max_abs_diff"]) <= 1e-4
