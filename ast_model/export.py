@@ -287,7 +287,7 @@ ModelLoader = Callable[[str, "str | None"], nn.Module]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ast-export`` argument parser."""
-    from ast_model.nn.registry import list_models
+    from ast_model.nn.variants import list_models
 
     parser = argparse.ArgumentParser(
         prog="ast-export",
