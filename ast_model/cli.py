@@ -5,6 +5,11 @@ Examples::
     ast-restore photos/ out/ --model models:/derain-ast@champion
     ast-restore 'shots/*.jpg' one.png out/ --model ast_b --weights AST_B_spad.pth --ensemble
     python -m ast_model.cli big.tif out/ --model models/derain/final.pt --tile 512 --device cuda
+    ast-restore photos/ out/ --model rain.onnx --backend onnxruntime
+
+The installed ``ast-restore`` command is :func:`pipelines.model_source.restore_main`: this ``main`` with a
+resolver for MLflow URIs (``models:/``, ``runs:/``). ``python -m ast_model.cli`` takes local sources only,
+so this library imports no tracking package.
 
 Inputs are files, folders (their image files, not recursive) or glob patterns; every result is written
 as ``<output>/<input stem>.png``. A file that cannot be read is named on stderr and skipped; the rest are
@@ -16,7 +21,10 @@ the traceback). Tiled images show a per-tile progress bar with an ETA.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,9 +41,14 @@ from ast_model.nn.variants import list_models
 from ast_model.preflight import output_dir_problem
 from ast_model.runtime import tune_allocator
 
-__all__ = ["collect_inputs", "load_model", "main"]
+__all__ = ["BACKENDS", "Resolver", "build_parser", "collect_inputs", "load_model", "main"]
 
-_MLFLOW_SCHEMES = ("models:/", "runs:/")
+# A model source with a scheme (``models:/NAME@ALIAS``, ``runs:/ID/PATH``): fetched by a resolver that the
+# caller passes in (the pipelines' entry points resolve MLflow URIs); the library itself fetches nothing.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+BACKENDS = ("pytorch", "onnxruntime")
+# spec -> a local file or folder, or a ready model.
+Resolver = Callable[[str], "str | os.PathLike | nn.Module"]
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
@@ -67,35 +80,51 @@ def _load_from_folder(folder: Path) -> nn.Module:
     raise CheckpointError(f"{folder}: no ast-pipeline checkpoint ({'/'.join(_CHECKPOINT_SUFFIXES)}) inside")
 
 
-def _load_mlflow(uri: str) -> nn.Module:
-    """A model from the MLflow registry (``models:/NAME@ALIAS``) or a run (``runs:/ID/PATH``).
-
-    The registered pyfunc carries the project checkpoint among its artifacts, which is loaded directly;
-    a model logged with the ``mlflow.pytorch`` flavour is loaded through that flavour instead.
-    """
-    import mlflow  # lazily: the library must not import orchestration/tracking packages at import time
-
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as exc:  # MlflowException (unknown model/alias, no server) is not an OSError
-        raise ValueError(f"cannot fetch {uri} from MLflow: {exc}") from exc
-    try:
-        return _load_from_folder(local)
-    except CheckpointError:
-        mlmodel = local / "MLmodel"
-        if mlmodel.is_file() and "pytorch:" in mlmodel.read_text():
-            return mlflow.pytorch.load_model(str(local), map_location="cpu")
-        raise
+def _is_uri(spec: str) -> bool:
+    """``scheme:/...`` (``models:/``, ``runs:/``, ...): a source only a resolver can fetch."""
+    return _URI.match(spec) is not None
 
 
-def load_model(spec: str, weights: str | None = None) -> nn.Module:
+def _load_onnx(path: Path) -> nn.Module:
+    from ast_model.eval.onnx_backend import OnnxRestorer  # onnxruntime is optional: imported on demand
+
+    return OnnxRestorer(path)
+
+
+def _as_onnx(model: nn.Module) -> nn.Module:
+    """The PyTorch model exported to a temporary ``.onnx`` and loaded by onnxruntime (export: minutes)."""
+    import tempfile
+
+    from ast_model.export import export_onnx
+    from ast_model.nn.ast import AST
+
+    if not isinstance(model, AST):
+        raise ValueError(f"--backend onnxruntime needs an AST model or an .onnx file, got {type(model).__name__}")
+    print("ast-restore: exporting the model to ONNX for onnxruntime (once; `ast-export` keeps the file)",
+          file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="ast-onnx-") as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", check=False).path
+        return _load_onnx(path)  # the session holds the graph in memory: the file may go
+
+
+def load_model(
+    spec: str,
+    weights: str | None = None,
+    *,
+    backend: str = "pytorch",
+    resolve: Resolver | None = None,
+) -> nn.Module:
     """Resolve the ``--model``/``--weights`` pair to a model on the CPU, in eval mode.
 
     Args:
         spec: a variant name (``ast_t``, ``ast_b``; needs ``weights``), a project checkpoint, an official
-            ``.pth``, a folder holding a project checkpoint, or an MLflow URI (``models:/NAME@ALIAS``,
-            ``models:/NAME/VERSION``, ``runs:/RUN_ID/PATH``).
+            ``.pth``, an exported ``.onnx`` (onnxruntime backend), a folder holding a project checkpoint (or,
+            for onnxruntime, an ``.onnx``), or a URI that ``resolve`` fetches (``models:/NAME@ALIAS``).
         weights: with a variant name: a project checkpoint or an official ``.pth`` of that variant.
+        backend: ``"pytorch"`` or ``"onnxruntime"`` (an :class:`ast_model.eval.onnx_backend.OnnxRestorer`;
+            a PyTorch source is exported first).
+        resolve: turns a URI into a local file or folder, or a ready model (the pipelines' entry points
+            pass their MLflow resolver; the library itself fetches nothing).
 
     Returns:
         The model.
@@ -104,28 +133,44 @@ def load_model(spec: str, weights: str | None = None) -> nn.Module:
         ValueError: an inconsistent combination, or a spec that is none of the above.
         CheckpointError: a weights file that cannot be read or does not fit.
     """
-    if spec.startswith(_MLFLOW_SCHEMES):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    source: str | Path | nn.Module = spec
+    if _is_uri(spec):
         if weights:
-            raise ValueError("--weights cannot be combined with an MLflow model URI")
-        model = _load_mlflow(spec)
-    elif spec in list_models():
+            raise ValueError("--weights cannot be combined with a model URI")
+        if resolve is None:
+            raise ValueError(
+                f"--model {spec}: URIs are resolved by the installed `ast-restore` / `ast-export` / `ast-demo` "
+                "commands (pipelines, with the [pipeline] extra), not by `python -m ast_model.cli`"
+            )
+        source = resolve(spec)
+        if isinstance(source, nn.Module):
+            return source.cpu().eval() if backend == "pytorch" else _as_onnx(source.cpu().eval())
+    if isinstance(source, str) and source in list_models():
         if not weights:
             raise ValueError(f"--model {spec} needs --weights (a project checkpoint or an official .pth)")
-        model = _load_weights_file(Path(weights), variant=spec)
+        model = _load_weights_file(Path(weights), variant=source)
     else:
-        path = Path(spec)
+        path = Path(source)
         if weights:
             raise ValueError(f"--weights goes with a variant name ({', '.join(list_models())}), not with {spec!r}")
+        onnx_files = sorted(path.rglob("*.onnx")) if path.is_dir() else [path] if path.suffix == ".onnx" else []
+        if path.suffix == ".onnx" and backend == "pytorch":
+            raise ValueError(f"{spec} is an ONNX file: use --backend onnxruntime")
+        if backend == "onnxruntime" and onnx_files and onnx_files[0].is_file():
+            return _load_onnx(onnx_files[0])
         if path.is_dir():
             model = _load_from_folder(path)
         elif path.is_file():
             model = _load_weights_file(path, variant=None)
         else:
             raise ValueError(
-                f"--model {spec!r} is not a variant ({', '.join(list_models())}), an existing checkpoint "
-                "file or folder, or an MLflow URI (models:/NAME@ALIAS, runs:/RUN_ID/PATH)"
+                f"--model {spec!r} is not a variant ({', '.join(list_models())}), an existing checkpoint, "
+                ".onnx file or folder, or a model URI (models:/NAME@ALIAS, runs:/RUN_ID/PATH)"
             )
-    return model.cpu().eval()
+    model = model.cpu().eval()
+    return _as_onnx(model) if backend == "onnxruntime" else model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         help=f"a variant ({', '.join(list_models())}) with --weights, a project checkpoint, an official "
-        ".pth, a folder holding a checkpoint, or an MLflow URI (models:/NAME@ALIAS, runs:/RUN_ID/PATH)",
+        ".pth, an exported .onnx (--backend onnxruntime), a folder holding a checkpoint, or an MLflow URI "
+        "(models:/NAME@ALIAS, runs:/RUN_ID/PATH; with the installed ast-restore command)",
     )
     parser.add_argument("--weights", help="weights for a variant name: project checkpoint or official .pth")
     parser.add_argument(
@@ -222,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="cosine",
         help="how overlapping tiles merge: raised-cosine weights (default, seamless) or a plain mean "
         "(the official AST test scripts: --tile 384 --overlap 80 AGAN-Data, --tile 1152 --overlap 384 Dense-Haze)",
+    )
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="pytorch",
+        help="pytorch (default) or onnxruntime (CPU, fp32; an .onnx model runs as is, a PyTorch source is "
+        "exported first; tiling and --ensemble work the same)",
     )
     parser.add_argument("--ensemble", action="store_true", help="8-way flip/rotation self-ensemble (8x slower)")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
@@ -286,7 +337,7 @@ def _user_error(message: str) -> int:
     return 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = None) -> int:
     """Run ``ast-restore``.
 
     Everything a user can fix is checked before the first image is read: the output folder (created, and
@@ -295,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Args:
         argv: arguments without the program name; ``None``: ``sys.argv[1:]``.
+        resolve: fetches model URIs (see :func:`load_model`); None: local sources only.
 
     Returns:
         0 when every input was restored, 1 when some could not be, 2 for bad arguments, an unusable
@@ -323,6 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--device {args.device}: CUDA is not available here")
     if args.precision == "fp16" and device.type != "cuda":
         parser.error(f"--precision {args.precision} needs a CUDA device (got {device}); bf16 works on the CPU")
+    if args.backend == "onnxruntime":
+        if args.device not in ("auto", "cpu"):
+            parser.error(f"--backend onnxruntime runs on the CPU; drop --device {args.device}")
+        if args.precision != "fp32" or args.compile:
+            parser.error("--backend onnxruntime runs the exported fp32 graph: drop --precision / --compile")
+        device = torch.device("cpu")
+        options = dataclasses.replace(options, max_tile=CPU_AUTO_TILE if args.overlap < CPU_AUTO_TILE else None)
 
     # The output first: a folder that cannot be written must not cost a model load or a restoration.
     # (Probed, not created: a run that stops at the model leaves no empty folder behind.)
@@ -333,10 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tuned = tune_allocator()
     try:
-        model = load_model(args.model, args.weights).to(device)
+        model = load_model(args.model, args.weights, backend=args.backend, resolve=resolve).to(device)
         if args.compile and hasattr(model, "compile_network"):
             model.compile_network()  # compiles lazily, at the first image / tile of each padded shape
-    except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+    except (ValueError, OSError, ImportError) as exc:  # CheckpointError is a ValueError; no onnxruntime
         if args.debug:
             raise
         return _user_error(f"cannot load the model: {exc}")

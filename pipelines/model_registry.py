@@ -82,13 +82,14 @@ def _canonical(name: str) -> str:
 
 
 def _signature() -> Any:
-    """One ``(H, W, 3)`` float32 image in and out; optional params ``ensemble`` and ``tile``."""
+    """Optional params ``ensemble`` and ``tile``; no input schema: the model takes an ``(H, W, 3)`` float
+    array or ``{"png": base64 image file}`` and checks them itself (``pipelines.restorer_model``), which a
+    single MLflow schema cannot express."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types.schema import ParamSchema, ParamSpec
 
-    image = TensorSpec(np.dtype(np.float32), (-1, -1, 3))  # unnamed: predict receives the bare array
     params = ParamSchema([ParamSpec("ensemble", "boolean", False), ParamSpec("tile", "long", 0)])
-    return ModelSignature(inputs=Schema([image]), outputs=Schema([image]), params=params)
+    return ModelSignature(inputs=None, outputs=None, params=params)
 
 
 def example_image(side: int = _EXAMPLE_SIDE) -> np.ndarray:

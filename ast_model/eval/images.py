@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -31,11 +32,12 @@ class ImageReadError(OSError):
     """A file that is missing, not an image, truncated or otherwise undecodable."""
 
 
-def read_image(path: str | os.PathLike, *, keep_uint8: bool = False) -> np.ndarray:
+def read_image(path: str | os.PathLike | BinaryIO, *, keep_uint8: bool = False) -> np.ndarray:
     """Read an image file as float RGB.
 
     Args:
-        path: any format Pillow decodes (PNG, JPEG, BMP, TIFF, WebP, ...).
+        path: any format Pillow decodes (PNG, JPEG, BMP, TIFF, WebP, ...); a file path or an open binary
+            file (e.g. ``io.BytesIO`` of an uploaded image).
         keep_uint8: return 8-bit images as uint8 ``(H, W, 3)`` (0-255) instead of float32: a quarter of
             the memory for a huge photo (16-bit and float images are still returned as float32).
 
@@ -51,7 +53,8 @@ def read_image(path: str | os.PathLike, *, keep_uint8: bool = False) -> np.ndarr
             image = ImageOps.exif_transpose(opened)  # a new, upright image when EXIF says so
             image.load()  # decode now, so truncation errors surface here
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
-        raise ImageReadError(f"cannot read image {os.fspath(path)!r}: {exc}") from exc
+        name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "<image data>"  # a file object
+        raise ImageReadError(f"cannot read image {name!r}: {exc}") from exc
 
     if image.mode in _SIXTEEN_BIT_MODES:
         grey = np.asarray(image, dtype=np.float32) / 65535.0  # (H, W)

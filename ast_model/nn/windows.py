@@ -32,7 +32,9 @@ def window_partition(x: torch.Tensor, win: int) -> torch.Tensor:
     """
     b, h, w, c = x.shape
     x = x.view(b, h // win, win, w // win, win, c)  # (B, Hw, win, Ww, win, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, win * win, c)  # (B*nW, N, C)
+    # An unconditional copy (what reshape does here anyway, except when one window spans the whole width):
+    # reshape's "is it contiguous already?" test would make an ONNX export specialise on W.
+    return x.permute(0, 1, 3, 2, 4, 5).clone(memory_format=torch.contiguous_format).view(-1, win * win, c)
 
 
 def window_reverse(windows: torch.Tensor, win: int, h: int, w: int) -> torch.Tensor:
@@ -40,7 +42,7 @@ def window_reverse(windows: torch.Tensor, win: int, h: int, w: int) -> torch.Ten
     c = windows.shape[-1]
     b = windows.shape[0] // ((h // win) * (w // win))
     x = windows.view(b, h // win, w // win, win, win, c)  # (B, Hw, Ww, win, win, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+    return x.permute(0, 1, 3, 2, 4, 5).clone(memory_format=torch.contiguous_format).view(b, h, w, c)  # as above
 
 
 def shift_attention_mask(h: int, w: int, win: int, shift: int, device: torch.device | None = None) -> torch.Tensor:

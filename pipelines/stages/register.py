@@ -80,6 +80,7 @@ def run(
     from ast_model.preflight import output_dir_problem
     from pipelines import gate
     from pipelines import model_registry as registry
+    from pipelines.onnx_artifact import attach_onnx
     from pipelines.errors import PreflightError
     from pipelines.params import check_profile_and_section, stage_params
     from pipelines.tracking import client, run_for_stage, tracking_problem
@@ -118,6 +119,7 @@ def run(
         c, name, logged, tags={**info, **score.to_tags(), **extra},
         description=f"{info['variant']} from experiment {train.experiment} ({checkpoint.name}): {score.describe()}",
     )
+    attach_onnx(c, name, str(version.version), logged.model_id, checkpoint)  # onnx/model.onnx + onnx.* tags
     previous = registry.current_champion(c, name, cfg.alias)
     previous_version = str(previous[0].version) if previous else None
     decision = gate.decide(score, previous[1] if previous else None, champion_version=previous_version,

@@ -188,7 +188,7 @@ def test_gate_serving_and_ast_restore_against_a_real_server(mlflow_server: str, 
     (tmp_path / "in").mkdir()
     photo = (np.random.default_rng(1).random((18, 22, 3)) * 255).astype(np.uint8)
     Image.fromarray(photo).save(tmp_path / "in" / "photo.png")
-    result = subprocess.run([sys.executable, "-m", "ast_model.cli", str(tmp_path / "in"), str(tmp_path / "out"),
+    result = subprocess.run([sys.executable, "-m", "pipelines.model_source", str(tmp_path / "in"), str(tmp_path / "out"),
                              "--model", f"models:/{MODEL}@champion", "--quiet"],
                             env=_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -40,8 +40,8 @@ def fast_model(monkeypatch) -> str:
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Sigmoid())
     real = load_model
 
-    def fake_load_model(spec: str, weights: str | None = None) -> torch.nn.Module:
-        return net if spec == "fast" else real(spec, weights)
+    def fake_load_model(spec: str, weights: str | None = None, **options) -> torch.nn.Module:
+        return net if spec == "fast" else real(spec, weights, **options)
 
     monkeypatch.setattr("ast_model.cli.load_model", fake_load_model)
     return "fast"
@@ -172,7 +172,11 @@ def test_collect_inputs_skips_non_images_in_folders(folder) -> None:
 
 
 def test_mlflow_uri_loads_the_checkpoint_among_the_artifacts(checkpoint, tmp_path, monkeypatch) -> None:
-    # A stand-in for mlflow: the registry download returns a model folder holding the project checkpoint.
+    # MLflow URIs resolve in pipelines (the library fetches nothing): ast-restore's entry point plugs
+    # pipelines.model_source.resolve into ast_model.cli. A stand-in for mlflow: the registry download
+    # returns a model folder holding the project checkpoint.
+    from pipelines.model_source import load_model as load_any
+
     model_dir = tmp_path / "downloaded" / "artifacts"
     model_dir.mkdir(parents=True)
     (model_dir / "model.pt").write_bytes(checkpoint.read_bytes())
@@ -185,20 +189,23 @@ def test_mlflow_uri_loads_the_checkpoint_among_the_artifacts(checkpoint, tmp_pat
     fake = types.ModuleType("mlflow")
     fake.artifacts = types.SimpleNamespace(download_artifacts=download_artifacts)
     monkeypatch.setitem(sys.modules, "mlflow", fake)
-    model = load_model("models:/derain-ast@champion")
+    with pytest.raises(ValueError, match="URIs are resolved by the installed `ast-restore`"):
+        load_model("models:/derain-ast@champion")  # the library alone: one clear line, no fetch
+    assert calls == []
+    model = load_any("models:/derain-ast@champion")
     assert calls == ["models:/derain-ast@champion"]
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), load_model(str(checkpoint))(x))
     with pytest.raises(ValueError, match="--weights"):
-        load_model("runs:/abc/model", weights=str(checkpoint))
+        load_any("runs:/abc/model", weights=str(checkpoint))
 
     def unreachable(artifact_uri: str) -> str:
         raise RuntimeError("registry not reachable")
 
     fake.artifacts = types.SimpleNamespace(download_artifacts=unreachable)
     with pytest.raises(ValueError, match="cannot fetch models:/x@y"):
-        load_model("models:/x@y")
+        load_any("models:/x@y")
 
 
 def test_module_entry_point_help_and_no_tracking_imports() -> None:
@@ -222,7 +229,9 @@ def test_runs_uri_against_a_real_local_mlflow_store(checkpoint, tmp_path, monkey
     experiment = mlflow.create_experiment("restore", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_artifact(str(checkpoint), artifact_path="model")
-    model = load_model(f"runs:/{run.info.run_id}/model")
+    from pipelines.model_source import load_model as load_any
+
+    model = load_any(f"runs:/{run.info.run_id}/model")
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), load_model(str(checkpoint))(x))
