@@ -71,8 +71,15 @@ def _run_case(case: str, impl: str, repeats: int, malloc_tuning: bool, threads: 
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    return {"case": case, "impl": impl, "times": times, "cpu": cpu, "peak_mib": peak,
-            "threads": threads, "malloc_tuned": tuned}
+    return {
+        "case": case,
+        "impl": impl,
+        "times": times,
+        "cpu": cpu,
+        "peak_mib": peak,
+        "threads": threads,
+        "malloc_tuned": tuned,
+    }
 
 
 def _spawn(case: str, impl: str, repeats: int, malloc_tuning: bool, threads: int | None = None) -> dict:
@@ -92,10 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--impls", nargs="+", default=["fast", "reference"], choices=["fast", "reference"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=1, help="alternate the impls this many times per case")
-    ap.add_argument("--malloc-tuning", action="store_true",
-                    help="fixed 1 MiB glibc mmap threshold: lower peak RSS, but slower (page faults)")
-    ap.add_argument("--threads", type=int, help="intra-op threads (default: every core; on a shared machine 1 "
-                    "thread keeps ratios stable, 2 threads stall on a busy core)")
+    ap.add_argument(
+        "--malloc-tuning",
+        action="store_true",
+        help="fixed 1 MiB glibc mmap threshold: lower peak RSS, but slower (page faults)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads (default: every core; on a shared machine 1 "
+        "thread keeps ratios stable, 2 threads stall on a busy core)",
+    )
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     dev = ap.add_argument_group("device matrix (with --device)")
     dev.add_argument("--device", help="run the precision x compile matrix on this device (cuda, cuda:1, cpu)")
@@ -108,16 +122,28 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--smoke", action="store_true", help="tiny models and sizes (checks the code path)")
     args = ap.parse_args(argv)
     if args.device:
-        run_matrix(args.device, args.models, args.precisions, args.modes, args.impls, smoke=args.smoke,
-                   backend=args.backend, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget_s)
+        run_matrix(
+            args.device,
+            args.models,
+            args.precisions,
+            args.modes,
+            args.impls,
+            smoke=args.smoke,
+            backend=args.backend,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            budget_s=args.budget_s,
+        )
         return 0
     if args.worker:
         case, impl = args.worker
         print(json.dumps(_run_case(case, impl, args.repeats, args.malloc_tuning, args.threads)))
         return 0
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
-          f"malloc tuning {'on' if args.malloc_tuning else 'off'}")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
+        f"malloc tuning {'on' if args.malloc_tuning else 'off'}"
+    )
     print(f"{'case':8} {'impl':10} {'median s':>9} {'min s':>7} {'cpu s':>7} {'peak MiB':>9}  ratio(ref/fast, median)")
     for case in args.cases:
         runs: dict[str, list[dict]] = {impl: [] for impl in args.impls}
@@ -130,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             cpu = [t for r in rs for t in r["cpu"]]
             med[impl] = statistics.median(times)
             ratio = f"{med[impl] / med['fast']:.2f}x" if "fast" in med and impl != "fast" else ""
-            print(f"{case:8} {impl:10} {med[impl]:9.3f} {min(times):7.3f} {statistics.median(cpu):7.2f} "
-                  f"{max(r['peak_mib'] for r in rs):9.0f}  {ratio}")
+            print(
+                f"{case:8} {impl:10} {med[impl]:9.3f} {min(times):7.3f} {statistics.median(cpu):7.2f} "
+                f"{max(r['peak_mib'] for r in rs):9.0f}  {ratio}"
+            )
     return 0
 
 

@@ -48,8 +48,9 @@ class Sizes:
 
 
 FULL = Sizes()
-SMOKE = Sizes(diff=(1, 64), infer=((1, 64), (2, 64)), train=(2, 64),
-              model_overrides=dict(embed_dim=8, depths=[1] * 9, win_size=4))
+SMOKE = Sizes(
+    diff=(1, 64), infer=((1, 64), (2, 64)), train=(2, 64), model_overrides=dict(embed_dim=8, depths=[1] * 9, win_size=4)
+)
 
 
 @dataclass
@@ -89,8 +90,9 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def _model(name: str, impl: str, precision: str, mode: str, train: bool, sizes: Sizes, device: torch.device,
-           backend: str) -> torch.nn.Module:
+def _model(
+    name: str, impl: str, precision: str, mode: str, train: bool, sizes: Sizes, device: torch.device, backend: str
+) -> torch.nn.Module:
     torch.manual_seed(0)
     model = ast_model.create_model(name, **sizes.model_overrides).to(device).set_impl(impl).train(train)
     if precision == "bf16":
@@ -137,8 +139,19 @@ def fp32_max_diff(name: str, sizes: Sizes, device: torch.device) -> float:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
-def inference(name: str, impl: str, precision: str, mode: str, batch: int, side: int, sizes: Sizes,
-              device: torch.device, backend: str, warmup: int, repeats: int) -> Result:
+def inference(
+    name: str,
+    impl: str,
+    precision: str,
+    mode: str,
+    batch: int,
+    side: int,
+    sizes: Sizes,
+    device: torch.device,
+    backend: str,
+    warmup: int,
+    repeats: int,
+) -> Result:
     """Eval-mode forward under ``no_grad``."""
     model = _model(name, impl, precision, mode, False, sizes, device, backend)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -152,8 +165,18 @@ def inference(name: str, impl: str, precision: str, mode: str, batch: int, side:
     return Result(sec * 1e3, batch / sec, _peak_gib(device), None, first - sec if mode == "compiled" else None)
 
 
-def train_step(name: str, impl: str, precision: str, mode: str, sizes: Sizes, device: torch.device, backend: str,
-               warmup: int, repeats: int, macs_per_image: int) -> Result:
+def train_step(
+    name: str,
+    impl: str,
+    precision: str,
+    mode: str,
+    sizes: Sizes,
+    device: torch.device,
+    backend: str,
+    warmup: int,
+    repeats: int,
+    macs_per_image: int,
+) -> Result:
     """zero_grad + forward + Charbonnier + backward + AdamW, train mode (stochastic depth on).
 
     ``bf16``: weights, gradients and AdamW states in bf16 (DeepSpeed's bf16 mode also keeps fp32 master
@@ -189,8 +212,10 @@ def _fmt(v: float | None, spec: str) -> str:
 def _cell(r: Result) -> str:
     if r.note:
         return f"{r.note:>40}"
-    return (f"{_fmt(r.ms, '9.1f')} {_fmt(r.images_per_s, '8.1f')} {_fmt(r.peak_gib, '6.2f')} "
-            f"{_fmt(r.tflops, '6.1f')} {_fmt(r.compile_s, '7.0f')}")
+    return (
+        f"{_fmt(r.ms, '9.1f')} {_fmt(r.images_per_s, '8.1f')} {_fmt(r.peak_gib, '6.2f')} "
+        f"{_fmt(r.tflops, '6.1f')} {_fmt(r.compile_s, '7.0f')}"
+    )
 
 
 # (model, case label, precision, mode, (batch, side) of an inference case or None for a training step)
@@ -234,14 +259,23 @@ def run(
         name = f"CPU, {torch.get_num_threads()} threads"
     print_fn(f"torch {torch.__version__}, {name}, backend {backend}, median of {repeats} after {warmup} warm-up")
     for m in models:
-        print_fn(f"{m}: fp32 max |fast - reference| at {sizes.diff[0]}x3x{sizes.diff[1]}^2 (TF32 off): "
-                 f"{fp32_max_diff(m, sizes, dev):.2e}")
+        print_fn(
+            f"{m}: fp32 max |fast - reference| at {sizes.diff[0]}x3x{sizes.diff[1]}^2 (TF32 off): "
+            f"{fp32_max_diff(m, sizes, dev):.2e}"
+        )
     head = f"{'ms':>9} {'img/s':>8} {'GiB':>6} {'TFLOP/s':>6} {'comp s':>7}"
-    print_fn(f"{'model':6} {'case':18} {'precision':14} {'mode':9} | " + " | ".join(f"{i}: {head}" for i in impls)
-             + " | ref/fast time, fast/ref memory")
+    print_fn(
+        f"{'model':6} {'case':18} {'precision':14} {'mode':9} | "
+        + " | ".join(f"{i}: {head}" for i in impls)
+        + " | ref/fast time, fast/ref memory"
+    )
     results: dict[tuple[str, str, str, str, str], Result] = {}
-    macs = {m: ast_model.count_macs(ast_model.create_model(m, **sizes.model_overrides),
-                                    (1, 3, sizes.train[1], sizes.train[1])) for m in models}
+    macs = {
+        m: ast_model.count_macs(
+            ast_model.create_model(m, **sizes.model_overrides), (1, 3, sizes.train[1], sizes.train[1])
+        )
+        for m in models
+    }
     for model_name, case, precision, mode, infer in _cases(models, precisions, modes, sizes):
         row: dict[str, Result] = {}
         for impl in impls:
@@ -251,11 +285,13 @@ def run(
             try:
                 if infer is not None:
                     batch, side = infer
-                    row[impl] = inference(model_name, impl, precision, mode, batch, side, sizes, dev, backend, warmup,
-                                          repeats)
+                    row[impl] = inference(
+                        model_name, impl, precision, mode, batch, side, sizes, dev, backend, warmup, repeats
+                    )
                 else:
-                    row[impl] = train_step(model_name, impl, precision, mode, sizes, dev, backend, warmup, repeats,
-                                           macs[model_name])
+                    row[impl] = train_step(
+                        model_name, impl, precision, mode, sizes, dev, backend, warmup, repeats, macs[model_name]
+                    )
             except torch.cuda.OutOfMemoryError:
                 row[impl] = Result(note="out of memory")
             except Exception as exc:  # one failing case must not lose the rest of the table
@@ -269,6 +305,9 @@ def run(
             ratio = f"{ref.ms / fast.ms:5.2f}x"
             if fast.peak_gib and ref.peak_gib:
                 ratio += f" {fast.peak_gib / ref.peak_gib:5.2f}x"
-        print_fn(f"{model_name:6} {case:18} {precision:14} {mode:9} | " + " | ".join(
-            f"{' ' * (len(i) + 2)}{_cell(row[i])}" for i in impls) + f" | {ratio}")
+        print_fn(
+            f"{model_name:6} {case:18} {precision:14} {mode:9} | "
+            + " | ".join(f"{' ' * (len(i) + 2)}{_cell(row[i])}" for i in impls)
+            + f" | {ratio}"
+        )
     return results

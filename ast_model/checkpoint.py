@@ -132,7 +132,7 @@ def convert_official_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tenso
     for key, value in sd.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
-        out[project_key(key[len("module."):] if key.startswith("module.") else key)] = value
+        out[project_key(key[len("module.") :] if key.startswith("module.") else key)] = value
     return out
 
 
@@ -157,9 +157,7 @@ def infer_variant(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
     return "ast_t", {"embed_dim": embed_dim, "depths": tuple(depths)}
 
 
-def load_official(
-    source: str | Path | Mapping[str, Any], variant: str | None = None, **overrides: Any
-) -> AST:
+def load_official(source: str | Path | Mapping[str, Any], variant: str | None = None, **overrides: Any) -> AST:
     """A ready model (eval mode) from an official AST checkpoint or state dict.
 
     Args:

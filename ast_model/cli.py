@@ -100,8 +100,11 @@ def _as_onnx(model: nn.Module) -> nn.Module:
 
     if not isinstance(model, AST):
         raise ValueError(f"--backend onnxruntime needs an AST model or an .onnx file, got {type(model).__name__}")
-    print("ast-restore: exporting the model to ONNX for onnxruntime (once; `ast-export` keeps the file)",
-          file=sys.stderr, flush=True)
+    print(
+        "ast-restore: exporting the model to ONNX for onnxruntime (once; `ast-export` keeps the file)",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="ast-onnx-") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", check=False).path
         return _load_onnx(path)  # the session holds the graph in memory: the file may go
@@ -270,20 +273,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(the official AST test scripts: --tile 384 --overlap 80 AGAN-Data, --tile 1152 --overlap 384 Dense-Haze)",
     )
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="pytorch",
+        "--backend",
+        choices=BACKENDS,
+        default="pytorch",
         help="pytorch (default) or onnxruntime (CPU, fp32; an .onnx model runs as is, a PyTorch source is "
         "exported first; tiling and --ensemble work the same)",
     )
     parser.add_argument("--ensemble", action="store_true", help="8-way flip/rotation self-ensemble (8x slower)")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
         help="bf16 autocast (CUDA, or a CPU with AVX-512 bf16 / AMX: 1.4-2.3x faster there, PSNR within 0.01 dB "
         "of fp32 on the embedded test images; see README), "
         "fp16 autocast (CUDA only)",
     )
     parser.add_argument(
-        "--compile", action="store_true",
+        "--compile",
+        action="store_true",
         help="torch.compile the network (one compilation per padded tile / image shape: minutes on a CPU, "
         "pays off on many images of one size)",
     )
@@ -303,8 +311,9 @@ def _tile_bar(name: str, disable: bool) -> tuple[Callable[[int, int], None], Cal
         if disable or total <= 1:
             return
         if "bar" not in state:
-            state["bar"] = tqdm(total=total, unit="tile", desc=name, leave=False, file=sys.stderr, position=1,
-                                dynamic_ncols=True)
+            state["bar"] = tqdm(
+                total=total, unit="tile", desc=name, leave=False, file=sys.stderr, position=1, dynamic_ncols=True
+            )
         state["bar"].update(done - state["bar"].n)
         if done == total:  # tqdm skips redraws within mininterval: show the finished count before it clears
             state["bar"].refresh()
@@ -316,8 +325,9 @@ def _tile_bar(name: str, disable: bool) -> tuple[Callable[[int, int], None], Cal
     return progress, close
 
 
-def _restore_one(model: nn.Module, src: Path, dest: Path, options: RestoreOptions, device: torch.device,
-                 quiet: bool) -> None:
+def _restore_one(
+    model: nn.Module, src: Path, dest: Path, options: RestoreOptions, device: torch.device, quiet: bool
+) -> None:
     """Read, restore and write one image; uint8 end to end for 8-bit files (no float copy of a huge photo)."""
     image = read_image(src, keep_uint8=True)
     progress, close = _tile_bar(src.name, quiet)
@@ -404,8 +414,10 @@ def main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = None) 
     except OSError as exc:  # e.g. the folder was removed or made read-only meanwhile
         return _user_error(f"output folder {out_dir} cannot be created: {exc.strerror or exc}")
     if args.debug:
-        print(f"ast-restore: allocator tuning {'on' if tuned else 'off'}, {torch.get_num_threads()} threads",
-              file=sys.stderr)
+        print(
+            f"ast-restore: allocator tuning {'on' if tuned else 'off'}, {torch.get_num_threads()} threads",
+            file=sys.stderr,
+        )
 
     files, missing = collect_inputs(args.inputs)
     failed = list(missing)

@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -130,7 +129,8 @@ class GraphPadAST(nn.Module):
 
 def _as_tensor(n: int | torch.SymInt, device: torch.device) -> torch.Tensor:
     """A 0-d int64 tensor of a (possibly symbolic) size."""
-    return torch.scalar_tensor(n, dtype=torch.int64, device=device)
+    # torch's stubs allow only Python numbers; a SymInt is what the exporter passes while tracing.
+    return torch.scalar_tensor(n, dtype=torch.int64, device=device)  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +156,7 @@ class ExportResult:
         return max(self.parity.values()) if self.parity else None
 
 
-def _export_program(wrapped: GraphPadAST, opset: int) -> "torch.onnx.ONNXProgram":
+def _export_program(wrapped: GraphPadAST, opset: int) -> torch.onnx.ONNXProgram:
     """``torch.onnx.export(dynamo=True)`` with dynamic batch, height and width."""
     import torch.fx.experimental._config as fx_config
 
@@ -164,18 +164,31 @@ def _export_program(wrapped: GraphPadAST, opset: int) -> "torch.onnx.ONNXProgram
     # one window row at the bottleneck) is specialised by the tracer (the graph would then only accept 1).
     m = wrapped.multiple
     example = torch.rand(2, 3, m + 3, m + 5)
-    dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=1, max=1 << 16),
-            3: torch.export.Dim("width", min=1, max=1 << 16)}
+    dims = {
+        0: torch.export.Dim("batch", min=1, max=4096),
+        2: torch.export.Dim("height", min=1, max=1 << 16),
+        3: torch.export.Dim("width", min=1, max=1 << 16),
+    }
     # Size-oblivious reasoning: sizes are not assumed to be 0 or 1 when shapes decide between code paths
     # (broadcast, contiguity), so a 1-pixel-wide or single-image input takes the same graph as any other.
-    with fx_config.patch(backed_size_oblivious=True), torch.no_grad():
-        return torch.onnx.export(
-            wrapped, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes={"x": dims}, external_data=False, verbose=False,
+    # (torch's config modules generate `patch` at run time: the stubs do not declare it)
+    with fx_config.patch(backed_size_oblivious=True), torch.no_grad():  # type: ignore[attr-defined]
+        program = torch.onnx.export(
+            wrapped,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"x": dims},
+            external_data=False,
+            verbose=False,
         )
+    assert program is not None  # dynamo=True always returns the program (None is the legacy exporter's)
+    return program
 
 
-def _set_metadata(program: "torch.onnx.ONNXProgram", meta: dict[str, str]) -> None:
+def _set_metadata(program: torch.onnx.ONNXProgram, meta: dict[str, str]) -> None:
     """Key/value strings in the model's ``metadata_props`` (read back by :func:`read_onnx_metadata`)."""
     props = program.model.metadata_props
     for key, value in meta.items():
@@ -190,7 +203,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return {p.key[len(_META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(_META_PREFIX)}
+    return {p.key[len(_META_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(_META_PREFIX)}
 
 
 def onnx_parity(
@@ -261,12 +274,20 @@ def export_onnx(
     wrapped = GraphPadAST(model).eval()
     program = _export_program(wrapped, opset)
     seconds = time.perf_counter() - start
-    meta = {"variant": str(getattr(model, "variant", None)), "pad_multiple": str(model.pad_multiple),
-            "pad_mode": model.config.pad_mode, "opset": str(opset), "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
-            "config": repr(model.config.to_dict()), **(metadata or {})}
+    meta = {
+        "variant": str(getattr(model, "variant", None)),
+        "pad_multiple": str(model.pad_multiple),
+        "pad_mode": model.config.pad_mode,
+        "opset": str(opset),
+        "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
+        "config": repr(model.config.to_dict()),
+        **(metadata or {}),
+    }
     _set_metadata(program, meta)
     buffer = io.BytesIO()
-    program.save(buffer)  # one file: the weights are inside (no external data; AST-B is ~260 MB < 2 GB)
+    # One file: the weights are inside (no external data; AST-B is ~260 MB < 2 GB). save() writes to any
+    # binary file object (onnx.save_model underneath); its stub names paths only.
+    program.save(buffer)  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
     del buffer
     parity: dict[str, float] = {}
@@ -274,7 +295,7 @@ def export_onnx(
         parity = onnx_parity(model, path)
         _set_metadata(program, {"parity_max_abs_diff": repr(max(parity.values())), "parity": repr(parity)})
         buffer = io.BytesIO()
-        program.save(buffer)
+        program.save(buffer)  # type: ignore[arg-type]
         atomic_write_bytes(path, buffer.getvalue())
     return ExportResult(path=path, opset=opset, parity=parity, seconds=seconds)
 
@@ -296,14 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("output", help="the .onnx file to write")
     parser.add_argument(
-        "--model", required=True,
+        "--model",
+        required=True,
         help=f"a variant ({', '.join(list_models())}) with --weights, a project checkpoint, an official .pth, a "
         "folder holding a checkpoint (MLflow URIs: through the pipelines' ast-export entry point)",
     )
     parser.add_argument("--weights", help="weights for a variant name: project checkpoint or official .pth")
     parser.add_argument("--opset", type=int, default=OPSET, help="ai.onnx opset (default: %(default)s)")
-    parser.add_argument("--no-check", action="store_true",
-                        help=f"skip the onnxruntime parity check at {', '.join('x'.join(map(str, s)) for s in PARITY_SHAPES)}")
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help=f"skip the onnxruntime parity check at {', '.join('x'.join(map(str, s)) for s in PARITY_SHAPES)}",
+    )
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -341,7 +366,11 @@ def main(argv: Sequence[str] | None = None, *, load: ModelLoader | None = None) 
     if not isinstance(model, AST):
         print(f"ast-export: {args.model} is not an AST model ({type(model).__name__})", file=sys.stderr)
         return 2
-    print(f"ast-export: exporting {getattr(model, 'variant', 'AST')} (opset {args.opset}) ...", file=sys.stderr, flush=True)
+    print(
+        f"ast-export: exporting {getattr(model, 'variant', 'AST')} (opset {args.opset}) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     result = export_onnx(model, out, opset=args.opset, check=not args.no_check, metadata={"source": args.model})
     size = out.stat().st_size / 1e6
     line = f"ast-export: wrote {out} ({size:.1f} MB, export {result.seconds:.0f} s)"

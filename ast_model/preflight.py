@@ -86,5 +86,13 @@ def output_file_problem(path: str | os.PathLike, what: str = "output file") -> s
 
 def is_permission_error(exc: BaseException) -> bool:
     """True for the OSErrors a user fixes by choosing another place (permissions, read-only, full disk)."""
-    return isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
-                                                      errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+    )

@@ -53,8 +53,13 @@ def plot(runs: dict[str, list[dict[str, float]]], path: str | Path, *, title: st
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 for a missing or malformed history)."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.curves", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", action="append", required=True, metavar="TASK=HISTORY.csv",
-                        help="a task name and its run's history.csv (repeat per task)")
+    parser.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        metavar="TASK=HISTORY.csv",
+        help="a task name and its run's history.csv (repeat per task)",
+    )
     parser.add_argument(
         "--out", default="reports/learning_curves", help="output folder (<task>.csv, learning_curves.png)"
     )

@@ -34,7 +34,7 @@ def describe_model(spec: str, model: nn.Module, backend: str) -> str:
 
     parts = [f"`{spec}`"]
     if is_mlflow_uri(spec) and spec.startswith("models:/") and "@" in spec:
-        name, alias = spec[len("models:/"):].split("@", 1)
+        name, alias = spec[len("models:/") :].split("@", 1)
         try:
             from mlflow import MlflowClient
 
@@ -54,7 +54,8 @@ def _restore_fn(model: nn.Module, device: Any) -> Callable[..., np.ndarray | Non
 
     from ast_model.eval.restore import CPU_AUTO_TILE, RestoreOptions, plan_tiles, restore_image
 
-    def restore(image: np.ndarray | None, ensemble: bool, progress: gr.Progress = gr.Progress()) -> np.ndarray | None:
+    # A gr.Progress() default is how Gradio injects its progress tracker (it inspects the signature).
+    def restore(image: np.ndarray | None, ensemble: bool, progress: gr.Progress = gr.Progress()) -> np.ndarray | None:  # noqa: B008
         if image is None:
             return None
         options = RestoreOptions(ensemble=ensemble, max_tile=CPU_AUTO_TILE if device.type == "cpu" else None)
@@ -90,14 +91,17 @@ def build_app(model: nn.Module, title: str, device: Any = None) -> Any:
         gr.Markdown(f"# AST image restoration\nModel: {title}", elem_id="model-info")
         with gr.Row(equal_height=True):
             # PNG out: lossless, the pixels ast-restore would write (Gradio's default output format is WebP).
-            source = gr.Image(label="Input", type="numpy", image_mode="RGB", sources=["upload", "clipboard"],
-                              elem_id="input-image")
+            source = gr.Image(
+                label="Input", type="numpy", image_mode="RGB", sources=["upload", "clipboard"], elem_id="input-image"
+            )
             result = gr.Image(label="Restored", type="numpy", format="png", interactive=False, elem_id="restored")
         with gr.Row():
             ensemble = gr.Checkbox(label="8-way self-ensemble (8x slower)", value=False)
             button = gr.Button("Restore", variant="primary")
-        gr.Markdown("Large photos are restored in overlapping tiles (at most 384 px on the CPU) and blended; "
-                    "the progress bar counts tiles.")
+        gr.Markdown(
+            "Large photos are restored in overlapping tiles (at most 384 px on the CPU) and blended; "
+            "the progress bar counts tiles."
+        )
         source.upload(restore, inputs=[source, ensemble], outputs=result)
         button.click(restore, inputs=[source, ensemble], outputs=result)
     return app
@@ -105,13 +109,19 @@ def build_app(model: nn.Module, title: str, device: Any = None) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ast-demo`` argument parser."""
-    parser = argparse.ArgumentParser(prog="ast-demo", description="A local web page that restores images with an AST model.")
-    parser.add_argument("--model", required=True,
-                        help="what ast-restore --model accepts: models:/NAME@ALIAS, a checkpoint, a variant with "
-                        "--weights, an .onnx (with --backend onnxruntime)")
+    parser = argparse.ArgumentParser(
+        prog="ast-demo", description="A local web page that restores images with an AST model."
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="what ast-restore --model accepts: models:/NAME@ALIAS, a checkpoint, a variant with "
+        "--weights, an .onnx (with --backend onnxruntime)",
+    )
     parser.add_argument("--weights", help="weights for a variant name")
-    parser.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
-                        help="pytorch (default) or onnxruntime")
+    parser.add_argument(
+        "--backend", choices=("pytorch", "onnxruntime"), default="pytorch", help="pytorch (default) or onnxruntime"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     return parser

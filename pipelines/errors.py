@@ -48,7 +48,13 @@ class PreflightError(Exception):
 # named by the message. (A PermissionError is an OSError but not listed: the pre-flight checks name the
 # folder; one that still occurs mid-run is unexpected and keeps its traceback.)
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    PreflightError, ConfigError, ShardError, SourceError, ManifestError, ImageFileError, CheckpointError,
+    PreflightError,
+    ConfigError,
+    ShardError,
+    SourceError,
+    ManifestError,
+    ImageFileError,
+    CheckpointError,
     FileNotFoundError,
 )
 
@@ -81,16 +87,25 @@ def format_error(prog: str, exc: BaseException, *, outcome: str = "nothing start
         where = f" in {source}" + (f" (section {section})" if section else "")
     if len(lines) == 1:
         # A params problem names the file; a shard, folder or server problem names its own path or URI.
-        is_key = bool(section) and lines[0].startswith((f"{section}.", f"{section}:")) or lines[0].startswith(
-            ("unknown key", "no section", "no training section"))
+        is_key = (
+            bool(section)
+            and lines[0].startswith((f"{section}.", f"{section}:"))
+            or lines[0].startswith(("unknown key", "no section", "no training section"))
+        )
         prefix = f"{source}: " if source and (is_key or not section) and not lines[0].startswith(source) else ""
         return f"{prog}: {prefix}{lines[0]}"
     header = f"{prog}: {len(lines)} problems{where}, {outcome}:"
     return "\n".join([header, *(f"  - {line}" for line in lines)])
 
 
-def run_cli(prog: str, body: Callable[[], int | None], *, debug: bool = False, outcome: str = "nothing started",
-            stream: TextIO | None = None) -> int:
+def run_cli(
+    prog: str,
+    body: Callable[[], int | None],
+    *,
+    debug: bool = False,
+    outcome: str = "nothing started",
+    stream: TextIO | None = None,
+) -> int:
     """Run a command body with the one error style.
 
     Args:

@@ -160,16 +160,21 @@ def plan_run(root: Path, tasks: Sequence[str] | None, overrides: Mapping[str, An
         problems += exc.problems
     known = list(params.get("tasks") or {})
     chosen = list(tasks) if tasks else known
-    problems += [f"tasks={name!r}: no such task in {source} (tasks: {', '.join(known) or 'none'})"
-                 for name in chosen if name not in known]
+    problems += [
+        f"tasks={name!r}: no such task in {source} (tasks: {', '.join(known) or 'none'})"
+        for name in chosen
+        if name not in known
+    ]
     if not chosen and not problems:
         problems.append(f"tasks: {source} defines no task to run")
     max_nodes = (params.get("data") or {}).get("max_nodes")
     if nodes < 1:
         problems.append(f"nodes={nodes}: must be >= 1")
     elif isinstance(max_nodes, int) and nodes > max_nodes:
-        problems.append(f"nodes={nodes} exceeds data.max_nodes={max_nodes} (the shards are cut for at most that "
-                        "many nodes): raise data.max_nodes or use fewer nodes")
+        problems.append(
+            f"nodes={nodes} exceeds data.max_nodes={max_nodes} (the shards are cut for at most that "
+            "many nodes): raise data.max_nodes or use fewer nodes"
+        )
     if problems:
         raise PreflightError(problems, source=source)
     return RunPlan(params=params, tasks=chosen, nodes=nodes, changed=params != current)
@@ -244,9 +249,18 @@ class Proc:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         logger.info("%s$ %s", prefix, shlex.join(self.cmd))
         # Own session: stopping it reaches DVC, the stage, the launcher and every worker it started.
-        self.proc = subprocess.Popen(self.cmd, cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                     errors="replace", bufsize=1, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=cwd,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
         _LIVE.add(self)
         self._reader = threading.Thread(target=self._pump, args=(logger, prefix), daemon=True)
         self._reader.start()
@@ -325,8 +339,9 @@ def repro(root: Path, stage: str, *, env: Mapping[str, str] | None = None, logge
         StageFailed: DVC or the stage command failed (``status`` is the stage's own exit status).
     """
     logger = logger or get_run_logger()
-    proc = Proc([_dvc(), "--wait-for-lock", "repro", "--single-item", stage], cwd=root,
-                env=stage_env(root, env), logger=logger)
+    proc = Proc(
+        [_dvc(), "--wait-for-lock", "repro", "--single-item", stage], cwd=root, env=stage_env(root, env), logger=logger
+    )
     try:
         status = proc.wait()
     finally:
@@ -354,8 +369,9 @@ def stage_command(root: Path, stage: str) -> list[str]:
 
 def up_to_date(root: Path, stage: str) -> bool:
     """``dvc status <stage>`` reports nothing: the stage's deps, params and outs match ``dvc.lock``."""
-    out = subprocess.run([_dvc(), "status", "--json", stage], cwd=root, env=stage_env(root), capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [_dvc(), "status", "--json", stage], cwd=root, env=stage_env(root), capture_output=True, text=True, timeout=300
+    )
     if out.returncode:
         return False
     try:
@@ -370,8 +386,16 @@ def up_to_date(root: Path, stage: str) -> bool:
 
 def node_args(nnodes: int, node_rank: int, master_addr: str, master_port: int) -> list[str]:
     """The train stage's options that make one launcher a node of an ``nnodes``-node rendezvous."""
-    return ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--master-addr", master_addr,
-            "--master-port", str(master_port)]
+    return [
+        "--nnodes",
+        str(nnodes),
+        "--node-rank",
+        str(node_rank),
+        "--master-addr",
+        master_addr,
+        "--master-port",
+        str(master_port),
+    ]
 
 
 def host_address() -> str:
@@ -390,8 +414,9 @@ class DeploymentNode:
 
         self.rank = parameters["node_rank"]
         # timeout=0: start it and return; the node's own run log has its output.
-        self.run = run_deployment(deployment, parameters=parameters, timeout=0,
-                                  flow_run_name=f"{parameters['task_name']}-node{self.rank}")
+        self.run = run_deployment(
+            deployment, parameters=parameters, timeout=0, flow_run_name=f"{parameters['task_name']}-node{self.rank}"
+        )
         self.logger = logger
         self.tail: list[str] = []
         logger.info("[node %d] flow run %s of deployment %s", self.rank, self.run.name, deployment)
@@ -415,12 +440,23 @@ class DeploymentNode:
 
         if self.poll() is None:
             with get_client(sync_client=True) as client:
-                client.set_flow_run_state(self.run.id, Cancelling(message="another node of the training failed"),
-                                          force=True)
+                client.set_flow_run_state(
+                    self.run.id, Cancelling(message="another node of the training failed"), force=True
+                )
 
 
-def train_nodes(root: Path, task_name: str, *, nodes: int, node_runner: str, node_deployment: str,
-                master_addr: str | None, params: Mapping[str, Any], timeout_s: float, logger: Any) -> bool:
+def train_nodes(
+    root: Path,
+    task_name: str,
+    *,
+    nodes: int,
+    node_runner: str,
+    node_deployment: str,
+    master_addr: str | None,
+    params: Mapping[str, Any],
+    timeout_s: float,
+    logger: Any,
+) -> bool:
     """Train ``task_name`` on ``nodes`` nodes: node 0 through DVC, the others beside it; all or nothing.
 
     Returns:
@@ -443,17 +479,43 @@ def train_nodes(root: Path, task_name: str, *, nodes: int, node_runner: str, nod
     argv = stage_command(root, stage)
     logger.info("%s on %d nodes (%s), rendezvous %s:%d", stage, nodes, node_runner, addr, port)
     env0 = {"NNODES": str(nodes), "NODE_RANK": "0", "MASTER_ADDR": addr, "MASTER_PORT": str(port)}
-    members: list[Any] = [Proc([_dvc(), "--wait-for-lock", "repro", "--single-item", stage], cwd=root,
-                               env=stage_env(root, env0), logger=logger, prefix="[node 0] ")]
+    members: list[Any] = [
+        Proc(
+            [_dvc(), "--wait-for-lock", "repro", "--single-item", stage],
+            cwd=root,
+            env=stage_env(root, env0),
+            logger=logger,
+            prefix="[node 0] ",
+        )
+    ]
     try:
         for rank in range(1, nodes):
             if local:
-                members.append(Proc(argv + node_args(nodes, rank, addr, port), cwd=root, env=stage_env(root),
-                                    logger=logger, prefix=f"[node {rank}] "))
+                members.append(
+                    Proc(
+                        argv + node_args(nodes, rank, addr, port),
+                        cwd=root,
+                        env=stage_env(root),
+                        logger=logger,
+                        prefix=f"[node {rank}] ",
+                    )
+                )
             else:
-                members.append(DeploymentNode(node_deployment, {
-                    "task_name": task_name, "argv": argv, "params": dict(params), "nnodes": nodes, "node_rank": rank,
-                    "master_addr": addr, "master_port": port}, logger))
+                members.append(
+                    DeploymentNode(
+                        node_deployment,
+                        {
+                            "task_name": task_name,
+                            "argv": argv,
+                            "params": dict(params),
+                            "nnodes": nodes,
+                            "node_rank": rank,
+                            "master_addr": addr,
+                            "master_port": port,
+                        },
+                        logger,
+                    )
+                )
         _supervise(members, stage, timeout_s)
     finally:
         for member in members:
@@ -489,33 +551,60 @@ def _supervise(members: list[Any], stage: str, timeout_s: float) -> None:
 # training resumes from its checkpoints)
 
 
-@task(name="prepare", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error,
-      cache_policy=NO_CACHE)
+@task(
+    name="prepare", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE
+)
 def prepare_task(root: str) -> bool:
     """DVC stage ``prepare``: every dataset of ``data.datasets`` into ``data/prepared/``."""
     return repro(Path(root), "prepare")
 
 
-@task(name="shard", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error,
-      cache_policy=NO_CACHE)
+@task(name="shard", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
 def shard_task(root: str) -> bool:
     """DVC stage ``shard``: the prepared datasets into WebDataset shards ``data/shards/``."""
     return repro(Path(root), "shard")
 
 
-@task(name="train", task_run_name="train[{task_name}]", retries=2, retry_delay_seconds=10,
-      retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
-def train_task(root: str, task_name: str, nodes: int = 1, node_runner: str = "local",
-               node_deployment: str = f"{NODE_FLOW_NAME}/local", master_addr: str | None = None,
-               params: dict[str, Any] | None = None, timeout_s: float = 24 * 3600) -> bool:
+@task(
+    name="train",
+    task_run_name="train[{task_name}]",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
+def train_task(
+    root: str,
+    task_name: str,
+    nodes: int = 1,
+    node_runner: str = "local",
+    node_deployment: str = f"{NODE_FLOW_NAME}/local",
+    master_addr: str | None = None,
+    params: dict[str, Any] | None = None,
+    timeout_s: float = 24 * 3600,
+) -> bool:
     """DVC stage ``train@<task>`` on ``nodes`` nodes. A retry resumes from ``checkpoints/<experiment>/``."""
-    return train_nodes(Path(root), task_name, nodes=nodes, node_runner=node_runner,
-                       node_deployment=node_deployment, master_addr=master_addr, params=params or {},
-                       timeout_s=timeout_s, logger=get_run_logger())
+    return train_nodes(
+        Path(root),
+        task_name,
+        nodes=nodes,
+        node_runner=node_runner,
+        node_deployment=node_deployment,
+        master_addr=master_addr,
+        params=params or {},
+        timeout_s=timeout_s,
+        logger=get_run_logger(),
+    )
 
 
-@task(name="evaluate", task_run_name="evaluate[{task_name}]", retries=1, retry_delay_seconds=5,
-      retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
+@task(
+    name="evaluate",
+    task_run_name="evaluate[{task_name}]",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
 def evaluate_task(root: str, task_name: str) -> bool:
     """DVC stage ``evaluate@<task>``: test-split PSNR/SSIM into ``metrics/<task>.json``, sample grids."""
     return repro(Path(root), f"evaluate@{task_name}")
@@ -548,8 +637,12 @@ class TaskResult:
         metrics = dataclasses.asdict(self.metrics) if self.metrics else None
         if metrics:
             metrics.pop("per_image", None)
-        return {"task": self.task, "status": self.status, "metrics": metrics,
-                "registry": dataclasses.asdict(self.registry) if self.registry else None}
+        return {
+            "task": self.task,
+            "status": self.status,
+            "metrics": metrics,
+            "registry": dataclasses.asdict(self.registry) if self.registry else None,
+        }
 
 
 def results_of(root: Path, task_name: str, status: str = "ok") -> TaskResult:
@@ -559,8 +652,10 @@ def results_of(root: Path, task_name: str, status: str = "ok") -> TaskResult:
     from pipelines.gate import RegistryRecord
 
     loaded = []
-    for cls, path in ((EvaluationMetrics, EvaluationMetrics.path(root / "metrics", task_name)),
-                      (RegistryRecord, RegistryRecord.path(root / "reports", task_name))):
+    for cls, path in (
+        (EvaluationMetrics, EvaluationMetrics.path(root / "metrics", task_name)),
+        (RegistryRecord, RegistryRecord.path(root / "reports", task_name)),
+    ):
         try:
             loaded.append(cls.load(path))
         except (FileNotFoundError, ConfigError):
@@ -593,8 +688,11 @@ def results_markdown(root: Path, results: Sequence[TaskResult]) -> str:
     uri = tracking_uri(root)
     http = uri.startswith(("http://", "https://"))
     links = _mlflow_links(uri, [r.metrics.tracking_run_id for r in results if r.metrics and r.metrics.tracking_run_id])
-    rows = ["| task | dataset | PSNR input → restored (dB) | SSIM input → restored | floor | registered | champion "
-            "| MLflow run | status |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| task | dataset | PSNR input → restored (dB) | SSIM input → restored | floor | registered | champion "
+        "| MLflow run | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         m, g = r.metrics, r.registry
         psnr = f"{m.input_psnr:.2f} → **{m.psnr:.2f}** ({m.gain_psnr:+.2f})" if m else "–"
@@ -608,11 +706,17 @@ def results_markdown(root: Path, results: Sequence[TaskResult]) -> str:
         champion = ("yes" if g.promoted else f"no (champion: v{g.champion_version})") if g else "–"
         run_id = m.tracking_run_id if m else None
         run = f"[{run_id[:8]}]({links[run_id]})" if run_id in links else (f"`{run_id}`" if run_id else "–")
-        rows.append(f"| {r.task} | {m.dataset if m else '–'} | {psnr} | {ssim} | {floor} | {version} | {champion} "
-                    f"| {run} | {r.status} |")
-    lines = [f"# {FLOW_NAME}: results", "", *rows, "",
-             f"Test split; floor: +{FLOOR_DB:g} dB PSNR and a higher SSIM than the degraded input. "
-             f"Tracking store `{uri}`."]
+        rows.append(
+            f"| {r.task} | {m.dataset if m else '–'} | {psnr} | {ssim} | {floor} | {version} | {champion} "
+            f"| {run} | {r.status} |"
+        )
+    lines = [
+        f"# {FLOW_NAME}: results",
+        "",
+        *rows,
+        "",
+        f"Test split; floor: +{FLOOR_DB:g} dB PSNR and a higher SSIM than the degraded input. Tracking store `{uri}`.",
+    ]
     if not http:
         lines.append(f"Open the runs with `mlflow ui --backend-store-uri {uri}`.")
     return "\n".join(lines) + "\n"
@@ -669,9 +773,16 @@ def ast_pipeline(
         gate: list[Any] = [shards]
         if i >= max(1, max_parallel_tasks):  # a window of chains; a failed chain does not stop the next
             gate.append(allow_failure(chains[i - max(1, max_parallel_tasks)][1][-1]))
-        trained = train_task.submit(root_s, name, nodes=nodes, node_runner=node_runner,
-                                    node_deployment=node_deployment, master_addr=master_addr, params=plan.params,
-                                    wait_for=gate)
+        trained = train_task.submit(
+            root_s,
+            name,
+            nodes=nodes,
+            node_runner=node_runner,
+            node_deployment=node_deployment,
+            master_addr=master_addr,
+            params=plan.params,
+            wait_for=gate,
+        )
         evaluated = evaluate_task.submit(root_s, name, wait_for=[trained])
         registered = register_task.submit(root_s, name, wait_for=[evaluated])
         chains.append((name, [trained, evaluated, registered]))
@@ -681,9 +792,12 @@ def ast_pipeline(
     for name, futures in chains:
         failed = [f for f in futures if not f.state.is_completed()]
         results.append(results_of(repo, name, "ok" if not failed else f"{failed[0].state.name}"))
-    create_markdown_artifact(results_markdown(repo, results), key=ARTIFACT_KEY,
-                             description="Per task: test PSNR/SSIM of the input and the restored images, the "
-                                         "registered model version and the champion decision")
+    create_markdown_artifact(
+        results_markdown(repo, results),
+        key=ARTIFACT_KEY,
+        description="Per task: test PSNR/SSIM of the input and the restored images, the "
+        "registered model version and the champion decision",
+    )
     for future in (prep, shards, *(f for _, fs in chains for f in fs)):
         if future.state.is_failed() or future.state.is_crashed():
             future.result()  # raises the first failure: the flow run fails with it
@@ -694,8 +808,16 @@ def ast_pipeline(
 
 
 @flow(name=NODE_FLOW_NAME, log_prints=True)
-def train_node(task_name: str, argv: list[str], params: dict[str, Any], nnodes: int, node_rank: int,
-               master_addr: str, master_port: int, root: str | None = None) -> None:
+def train_node(
+    task_name: str,
+    argv: list[str],
+    params: dict[str, Any],
+    nnodes: int,
+    node_rank: int,
+    master_addr: str,
+    master_port: int,
+    root: str | None = None,
+) -> None:
     """One node (rank >= 1) of a multi-node training started by ``ast-pipeline`` with ``node_runner="deployment"``.
 
     Runs the train stage's command with this node's rank, against a copy of the parent run's params (this
@@ -712,8 +834,13 @@ def train_node(task_name: str, argv: list[str], params: dict[str, Any], nnodes: 
     with tempfile.TemporaryDirectory(prefix="ast-node-") as tmp:
         params_file = Path(tmp) / PARAMS_FILE
         params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-        cmd = [sys.executable, *argv[1:], "--params", str(params_file),
-               *node_args(nnodes, node_rank, master_addr, master_port)]
+        cmd = [
+            sys.executable,
+            *argv[1:],
+            "--params",
+            str(params_file),
+            *node_args(nnodes, node_rank, master_addr, master_port),
+        ]
         proc = Proc(cmd, cwd=repo, env=stage_env(repo), logger=logger, prefix=f"[node {node_rank}] ")
         try:
             status = proc.wait()
@@ -730,8 +857,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.flows", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", action="append", dest="tasks", help="a task of params.yaml (repeat; default: all)")
     p.add_argument("--nodes", type=int, default=1, help="training nodes per task (local processes)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a params key (value parsed as YAML), e.g. 'tasks.rain.train.schedule.min_lr=1.0e-6'")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params key (value parsed as YAML), e.g. 'tasks.rain.train.schedule.min_lr=1.0e-6'",
+    )
     p.add_argument("--max-parallel-tasks", type=int, default=1)
     args = p.parse_args(argv)
     overrides = {}
@@ -741,8 +873,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
 
-    state = ast_pipeline(tasks=args.tasks, overrides=overrides, nodes=args.nodes,
-                         max_parallel_tasks=args.max_parallel_tasks, return_state=True)
+    state = ast_pipeline(
+        tasks=args.tasks,
+        overrides=overrides,
+        nodes=args.nodes,
+        max_parallel_tasks=args.max_parallel_tasks,
+        return_state=True,
+    )
     if state.is_completed():
         return 0
     try:
@@ -751,8 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_error("ast-pipeline", exc), file=sys.stderr)
         return EXIT_USER
     except StageFailed as exc:
-        print(f"ast-pipeline: {exc.what} failed (exit status {exc.status}); its output is above",
-              file=sys.stderr)
+        print(f"ast-pipeline: {exc.what} failed (exit status {exc.status}); its output is above", file=sys.stderr)
         return EXIT_USER if exc.user_fixable else 1
     except Exception:  # noqa: BLE001 - Prefect has logged it with its traceback
         return 1

@@ -49,9 +49,16 @@ class Score:
     @classmethod
     def from_metrics(cls, metrics: EvaluationMetrics) -> Score:
         """From the evaluate stage's ``metrics/<experiment>.json``."""
-        return cls(psnr=float(metrics.psnr), ssim=float(metrics.ssim), dataset=metrics.dataset, split=metrics.split,
-                   protocol=metrics.protocol, y_channel=bool(metrics.y_channel), crop_border=int(metrics.crop_border),
-                   test_data=metrics.test_index_sha256)
+        return cls(
+            psnr=float(metrics.psnr),
+            ssim=float(metrics.ssim),
+            dataset=metrics.dataset,
+            split=metrics.split,
+            protocol=metrics.protocol,
+            y_channel=bool(metrics.y_channel),
+            crop_border=int(metrics.crop_border),
+            test_data=metrics.test_index_sha256,
+        )
 
     def to_tags(self) -> dict[str, str]:
         """The ``test.*`` tags of a model version (MLflow tags are strings)."""
@@ -101,8 +108,11 @@ class GateDecision:
 def _mismatch(candidate: Score, champion: Score, same_test_data: bool) -> list[str]:
     """What makes two scores incomparable (empty: comparable)."""
     fields = ["dataset", "split", "protocol", "y_channel", "crop_border"]
-    out = [f"{f} {getattr(champion, f)!r} vs {getattr(candidate, f)!r}" for f in fields
-           if getattr(champion, f) != getattr(candidate, f)]
+    out = [
+        f"{f} {getattr(champion, f)!r} vs {getattr(candidate, f)!r}"
+        for f in fields
+        if getattr(champion, f) != getattr(candidate, f)
+    ]
     if same_test_data and candidate.test_data and champion.test_data and candidate.test_data != champion.test_data:
         out.append("the test images changed since the champion was scored (shard index sha256 differs)")
     return out
@@ -135,18 +145,27 @@ def decide(
     if champion is None and champion_version is None:
         return GateDecision(True, f"first champion: {candidate.describe()}")
     if champion is None:
-        return GateDecision(False, f"{label} has no readable test.* score tags (registered by hand?): "
-                                   "not replaced automatically; move the alias by hand if intended")
+        return GateDecision(
+            False,
+            f"{label} has no readable test.* score tags (registered by hand?): "
+            "not replaced automatically; move the alias by hand if intended",
+        )
     mismatch = _mismatch(candidate, champion, same_test_data)
     if mismatch:
         return GateDecision(False, f"not comparable with {label} ({'; '.join(mismatch)}): champion kept")
     gain = candidate.psnr - champion.psnr
     if gain > min_gain_db:
-        return GateDecision(True, f"{candidate.psnr:.4f} dB beats {label}'s {champion.psnr:.4f} dB "
-                                  f"by {gain:.4f} dB ({candidate.protocol}, {candidate.dataset}/{candidate.split})")
+        return GateDecision(
+            True,
+            f"{candidate.psnr:.4f} dB beats {label}'s {champion.psnr:.4f} dB "
+            f"by {gain:.4f} dB ({candidate.protocol}, {candidate.dataset}/{candidate.split})",
+        )
     needed = f" by more than {min_gain_db:g} dB" if min_gain_db > 0 else ""
-    return GateDecision(False, f"{candidate.psnr:.4f} dB does not beat {label}'s {champion.psnr:.4f} dB{needed} "
-                               f"({candidate.protocol}, {candidate.dataset}/{candidate.split})")
+    return GateDecision(
+        False,
+        f"{candidate.psnr:.4f} dB does not beat {label}'s {champion.psnr:.4f} dB{needed} "
+        f"({candidate.protocol}, {candidate.dataset}/{candidate.split})",
+    )
 
 
 def registered_model_name(template: str, task: str) -> str:

@@ -95,8 +95,9 @@ def _signature() -> Any:
 def example_image(side: int = _EXAMPLE_SIDE) -> np.ndarray:
     """A small smooth ``(side, side, 3)`` float32 image in [0, 1] (the model's stored input example)."""
     ramp = np.linspace(0.0, 1.0, side, dtype=np.float32)
-    return np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (side, 1)), np.full((side, side), 0.5, np.float32)],
-                    axis=-1).astype(np.float32)
+    return np.stack(
+        [np.add.outer(ramp, ramp) / 2, np.tile(ramp, (side, 1)), np.full((side, side), 0.5, np.float32)], axis=-1
+    ).astype(np.float32)
 
 
 def save_restorer(
@@ -164,8 +165,10 @@ def _check_restores(model_dir: Path, example: np.ndarray) -> None:
     except Exception as exc:
         raise RegistryError(f"the saved model at {model_dir} does not load or restore: {exc}") from exc
     if out.shape != example.shape or not np.all(np.isfinite(out)):
-        raise RegistryError(f"the saved model returned shape {out.shape} (finite: {np.all(np.isfinite(out))}) "
-                            f"for a {example.shape} image")
+        raise RegistryError(
+            f"the saved model returned shape {out.shape} (finite: {np.all(np.isfinite(out))}) "
+            f"for a {example.shape} image"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,17 +221,24 @@ def log_restorer(
 
     try:
         experiment_id = client.get_run(run_id).info.experiment_id
-        logged = client.create_logged_model(experiment_id, name=MODEL_ARTIFACT_NAME, source_run_id=run_id,
-                                            tags=dict(tags or {}))
+        logged = client.create_logged_model(
+            experiment_id, name=MODEL_ARTIFACT_NAME, source_run_id=run_id, tags=dict(tags or {})
+        )
     except Exception as exc:
         raise RegistryError(f"cannot create a logged model in run {run_id}: {exc}") from exc
     try:
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-        ids = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
-                    model_id=logged.model_id)
+        ids = Model(
+            artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id, model_id=logged.model_id
+        )
         with tempfile.TemporaryDirectory(prefix="ast-pyfunc-") as tmp:
-            local = save_restorer(checkpoint, Path(tmp) / MODEL_ARTIFACT_NAME, pip_requirements=pip_requirements,
-                                  metadata=metadata, mlflow_model=ids)
+            local = save_restorer(
+                checkpoint,
+                Path(tmp) / MODEL_ARTIFACT_NAME,
+                pip_requirements=pip_requirements,
+                metadata=metadata,
+                mlflow_model=ids,
+            )
             client.log_model_artifacts(logged.model_id, str(local))
         client.finalize_logged_model(logged.model_id, "READY")
     except BaseException as exc:
@@ -283,10 +293,19 @@ def register_version(
         RegistryError: the registry refused.
     """
     try:
-        _ensure_registered_model(client, name, "AST (Adaptive Sparse Transformer) image restoration; "
-                                              "input: one (H, W, 3) float32 RGB image in [0, 1]")
-        return client.create_model_version(name, source=logged.uri, run_id=logged.run_id, tags=dict(tags),
-                                           description=description, model_id=logged.model_id)
+        _ensure_registered_model(
+            client,
+            name,
+            "AST (Adaptive Sparse Transformer) image restoration; input: one (H, W, 3) float32 RGB image in [0, 1]",
+        )
+        return client.create_model_version(
+            name,
+            source=logged.uri,
+            run_id=logged.run_id,
+            tags=dict(tags),
+            description=description,
+            model_id=logged.model_id,
+        )
     except Exception as exc:
         raise RegistryError(f"cannot register {logged.uri} as a version of {name!r}: {exc}") from exc
 

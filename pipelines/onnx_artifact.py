@@ -53,15 +53,25 @@ def attach_onnx(client: Any, name: str, version: str, model_id: str, checkpoint:
             raise RegistryError(f"cannot export {name} v{version} to ONNX: {exc}") from exc
         worst = result.max_abs_diff
         if worst is None or not worst <= PARITY_LIMIT:
-            raise RegistryError(f"ONNX export of {name} v{version}: onnxruntime differs from PyTorch by {worst} "
-                                f"(limit {PARITY_LIMIT}); not attached")
-        tags = {"onnx.artifact": ONNX_ARTIFACT, "onnx.opset": str(result.opset),
-                "onnx.parity_max_abs_diff": f"{worst:.3e}"}
+            raise RegistryError(
+                f"ONNX export of {name} v{version}: onnxruntime differs from PyTorch by {worst} "
+                f"(limit {PARITY_LIMIT}); not attached"
+            )
+        tags = {
+            "onnx.artifact": ONNX_ARTIFACT,
+            "onnx.opset": str(result.opset),
+            "onnx.parity_max_abs_diff": f"{worst:.3e}",
+        }
         try:
             client.log_model_artifacts(model_id, tmp)  # adds onnx/model.onnx next to the pyfunc's files
             for key, value in tags.items():
                 client.set_model_version_tag(name, str(version), key, value)
         except Exception as exc:  # MlflowException, a dead server
             raise RegistryError(f"cannot attach the ONNX file to {name} v{version}: {exc}") from exc
-    return {"artifact": ONNX_ARTIFACT, "opset": result.opset, "parity_max_abs_diff": worst, "parity": result.parity,
-            "export_seconds": round(result.seconds, 1)}
+    return {
+        "artifact": ONNX_ARTIFACT,
+        "opset": result.opset,
+        "parity_max_abs_diff": worst,
+        "parity": result.parity,
+        "export_seconds": round(result.seconds, 1),
+    }

@@ -31,8 +31,18 @@ from typing import Any
 from ast_model.config import check_section, read_params
 from pipelines.errors import PreflightError
 
-__all__ = ["TaskConfig", "apply_overrides", "check_params", "check_profile_and_section", "load_profile", "load_tasks",
-           "read_params", "stage_params", "task_params", "write_overrides"]
+__all__ = [
+    "TaskConfig",
+    "apply_overrides",
+    "check_params",
+    "check_profile_and_section",
+    "load_profile",
+    "load_tasks",
+    "read_params",
+    "stage_params",
+    "task_params",
+    "write_overrides",
+]
 
 TASKS = "tasks"
 
@@ -54,8 +64,11 @@ class TaskConfig:
 
     def problems(self, section: str) -> list[str]:
         """Keys the task may not set (the task name is the experiment; the dataset is set above)."""
-        return [f"{section}.train.{key}: set by the task (remove it here)"
-                for key in ("experiment", "dataset") if key in self.train]
+        return [
+            f"{section}.train.{key}: set by the task (remove it here)"
+            for key in ("experiment", "dataset")
+            if key in self.train
+        ]
 
 
 def load_profile(params: Mapping[str, Any], profile: str, *, source: str = "") -> tuple[Any, Any, list[str]]:
@@ -91,15 +104,21 @@ def load_tasks(params: Mapping[str, Any], *, source: str = "") -> tuple[dict[str
             problems.append(f"{TASKS}.{name}: a task name is a folder name: letters, digits, '-', '_'")
             continue
         cfg, found = check_section(TaskConfig, raw, str(name), source=source)
-        problems += [f"{TASKS}.{line}" if not line.startswith("unknown key") else
-                     line.replace("unknown key(s) ", f"unknown key(s) {TASKS}.") for line in found]
+        problems += [
+            f"{TASKS}.{line}"
+            if not line.startswith("unknown key")
+            else line.replace("unknown key(s) ", f"unknown key(s) {TASKS}.")
+            for line in found
+        ]
         if cfg is not None:
             tasks[str(name)] = cfg
     datasets = (params.get("data") or {}).get("datasets")
     for name, task in tasks.items():
         if isinstance(datasets, Mapping) and task.dataset not in datasets:  # (no data section: nothing to check)
-            problems.append(f"{TASKS}.{name}.dataset={task.dataset!r} is not in data.datasets "
-                            f"({', '.join(map(str, datasets)) or 'none'})")
+            problems.append(
+                f"{TASKS}.{name}.dataset={task.dataset!r} is not in data.datasets "
+                f"({', '.join(map(str, datasets)) or 'none'})"
+            )
     return tasks, problems
 
 
@@ -113,8 +132,9 @@ def _merge(base: Any, over: Any) -> Any:
     return copy.deepcopy(over)
 
 
-def task_params(params: Mapping[str, Any], task: str, *, profile: str = "train", section: str = "evaluate",
-                source: str = "") -> dict[str, Any]:
+def task_params(
+    params: Mapping[str, Any], task: str, *, profile: str = "train", section: str = "evaluate", source: str = ""
+) -> dict[str, Any]:
     """``params`` with the task resolved: ``params[profile]`` and ``params[section]`` become the task's.
 
     Args:
@@ -132,15 +152,17 @@ def task_params(params: Mapping[str, Any], task: str, *, profile: str = "train",
     """
     tasks, problems = load_tasks(params, source=source)
     if task not in (params.get(TASKS) or {}):
-        raise PreflightError(f"no task {task!r} in {TASKS} (tasks: {', '.join(map(str, tasks)) or 'none'})",
-                             source=source)
+        raise PreflightError(
+            f"no task {task!r} in {TASKS} (tasks: {', '.join(map(str, tasks)) or 'none'})", source=source
+        )
     if problems or task not in tasks:
         raise PreflightError(problems, source=source, section=f"{TASKS}.{task}")
     return _resolve(params, task, tasks[task], profile=profile, section=section)
 
 
-def _resolve(params: Mapping[str, Any], task: str, cfg: TaskConfig, *, profile: str = "train",
-             section: str = "evaluate") -> dict[str, Any]:
+def _resolve(
+    params: Mapping[str, Any], task: str, cfg: TaskConfig, *, profile: str = "train", section: str = "evaluate"
+) -> dict[str, Any]:
     """The merge itself (no checks): see :func:`task_params`."""
     out = dict(params)
     out[profile] = {**_merge(params.get(profile) or {}, cfg.train), "experiment": task, "dataset": cfg.dataset}
@@ -148,8 +170,9 @@ def _resolve(params: Mapping[str, Any], task: str, cfg: TaskConfig, *, profile: 
     return out
 
 
-def stage_params(path: str | Path, task: str | None, *, profile: str = "train",
-                 section: str = "evaluate") -> dict[str, Any]:
+def stage_params(
+    path: str | Path, task: str | None, *, profile: str = "train", section: str = "evaluate"
+) -> dict[str, Any]:
     """What a stage reads: the params file, with ``task`` resolved into ``profile`` and ``section`` if given.
 
     Raises:
@@ -224,21 +247,24 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
     from ast_model.train.config import ModelConfig, TrainConfig
     from pipelines.gate import RegisterConfig
 
-    fixed: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "prepare": PrepareConfig,
-                              "shard": ShardConfig}
+    fixed: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "prepare": PrepareConfig, "shard": ShardConfig}
     families: dict[str, type] = {"train": TrainConfig, "evaluate": EvaluateConfig, "register": RegisterConfig}
     problems: list[str] = []
     for name in params:
-        cls = fixed.get(name) or next((c for prefix, c in families.items()
-                                       if name == prefix or name.startswith(f"{prefix}_")), None)
+        cls = fixed.get(name) or next(
+            (c for prefix, c in families.items() if name == prefix or name.startswith(f"{prefix}_")), None
+        )
         if name == TASKS:
             continue
         if cls is None:
             known = sorted([*fixed, *families, TASKS])
             problems.append(f"unknown section {name!r} (known: {', '.join(known)}, and train_*/evaluate_*/register_*)")
             continue
-        found = load_profile(params, name, source=source)[2] if cls is TrainConfig else \
-            check_section(cls, params, name, source=source)[1]
+        found = (
+            load_profile(params, name, source=source)[2]
+            if cls is TrainConfig
+            else check_section(cls, params, name, source=source)[1]
+        )
         problems += [line for line in found if line not in problems]
     tasks, found = load_tasks(params, source=source)
     problems += found
@@ -259,6 +285,7 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
 
 def _relabel(line: str, section: str, label: str, overridden: Mapping[str, Any]) -> str:
     """Name a problem under ``tasks.<t>.<section>`` when its key is one the task sets."""
+
     def swap(match: re.Match) -> str:
         return f"{label}.{match.group(1)}" if match.group(1) in overridden else match.group(0)
 
@@ -309,8 +336,15 @@ def write_overrides(path: str | Path, overrides: Mapping[str, Any]) -> dict[str,
     return new
 
 
-def check_profile_and_section(params: str | Path | Mapping[str, Any], profile: str, section: str,
-                              section_type: type, *, purpose: str, source: str = "") -> tuple[Any, Any, list[str]]:
+def check_profile_and_section(
+    params: str | Path | Mapping[str, Any],
+    profile: str,
+    section: str,
+    section_type: type,
+    *,
+    purpose: str,
+    source: str = "",
+) -> tuple[Any, Any, list[str]]:
     """Read a training profile and one stage section, collecting every problem instead of stopping.
 
     Args:

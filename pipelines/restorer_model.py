@@ -72,8 +72,11 @@ class ImageRestorer(PythonModel):
         tile = int(params.get("tile", 0))
         if tile < 0:
             raise MlflowException.invalid_parameter_value(f"tile must be >= 0 (0 = automatic), got {tile}")
-        return RestoreOptions(tile=tile or "auto", ensemble=bool(params.get("ensemble", False)),
-                              max_tile=CPU_AUTO_TILE if self.device.type == "cpu" else None)
+        return RestoreOptions(
+            tile=tile or "auto",
+            ensemble=bool(params.get("ensemble", False)),
+            max_tile=CPU_AUTO_TILE if self.device.type == "cpu" else None,
+        )
 
 
 def _decode_request_image(model_input: dict[str, Any]) -> np.ndarray:

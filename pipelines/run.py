@@ -50,8 +50,13 @@ def plots_html(root: Path) -> Path | None:
     """``dvc plots show``: the learning curves of dvc.yaml's ``plots`` as one HTML page (None: it failed)."""
     dvc = Path(sys.executable).parent / "dvc"
     out = root / "dvc_plots"
-    status = subprocess.call([str(dvc) if dvc.exists() else "dvc", "plots", "show", "-o", str(out)], cwd=root,
-                             env=pipeline_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = subprocess.call(
+        [str(dvc) if dvc.exists() else "dvc", "plots", "show", "-o", str(out)],
+        cwd=root,
+        env=pipeline_env(root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     page = out / "index.html"
     return page if status == 0 and page.is_file() else None
 
@@ -67,8 +72,7 @@ def summary(root: Path, params: dict) -> tuple[str, bool]:
     from pipelines.params import load_tasks
 
     tasks, _ = load_tasks(params)
-    lines = [f"{'task':9} {'input PSNR/SSIM':>17} -> {'restored':>15} {'gain':>16}  floor  registry",
-             "-" * 96]
+    lines = [f"{'task':9} {'input PSNR/SSIM':>17} -> {'restored':>15} {'gain':>16}  floor  registry", "-" * 96]
     ok = bool(tasks)
     for task in tasks:
         try:
@@ -81,14 +85,19 @@ def summary(root: Path, params: dict) -> tuple[str, bool]:
         ok &= met
         try:
             r = RegistryRecord.load(RegistryRecord.path(root / "reports", task))
-            reg = f"{r.registered_model} v{r.version} " + ("champion" if r.promoted else
-                                                           f"challenger (champion v{r.champion_version})")
+            reg = f"{r.registered_model} v{r.version} " + (
+                "champion" if r.promoted else f"challenger (champion v{r.champion_version})"
+            )
         except (FileNotFoundError, ValueError):
             reg = "not registered"
-        lines.append(f"{task:9} {m.input_psnr:7.2f} dB {m.input_ssim:.3f} -> {m.psnr:6.2f} dB {m.ssim:.3f} "
-                     f"{m.gain_psnr:+6.2f} dB {m.gain_ssim:+.3f}  {'yes' if met else 'NO ':5}  {reg}")
-    lines.append(f"floor: every task >= +{FLOOR_DB:g} dB PSNR and a higher SSIM than its degraded input "
-                 f"(test split): {'met' if ok else 'NOT met'}")
+        lines.append(
+            f"{task:9} {m.input_psnr:7.2f} dB {m.input_ssim:.3f} -> {m.psnr:6.2f} dB {m.ssim:.3f} "
+            f"{m.gain_psnr:+6.2f} dB {m.gain_ssim:+.3f}  {'yes' if met else 'NO ':5}  {reg}"
+        )
+    lines.append(
+        f"floor: every task >= +{FLOOR_DB:g} dB PSNR and a higher SSIM than its degraded input "
+        f"(test split): {'met' if ok else 'NOT met'}"
+    )
     return "\n".join(lines), ok
 
 
@@ -105,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--no-repro", action="store_true", help="only the report (after an earlier repro)")
-    ap.add_argument("--local-store", action="store_true",
-                    help="log to the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set")
+    ap.add_argument(
+        "--local-store",
+        action="store_true",
+        help="log to the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set",
+    )
     ap.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     args = ap.parse_args(argv)
     root = Path.cwd()
@@ -126,15 +138,19 @@ def main(argv: list[str] | None = None) -> int:
         page = plots_html(root)
         print("\n" + text)
         print("sample grids  reports/<task>/samples/*.png  (input | restored | target)")
-        print(f"curves        {page.relative_to(root) if page else '(dvc plots show failed)'}  (open in a browser; "
-              "`dvc plots show` redraws it)")
+        print(
+            f"curves        {page.relative_to(root) if page else '(dvc plots show failed)'}  (open in a browser; "
+            "`dvc plots show` redraws it)"
+        )
         print("metrics       dvc metrics show   |   experiments: dvc exp show")
         uri = tracking_uri()
         if uri.startswith(("http://", "https://")):
             print(f"MLflow UI     {uri}")
         else:
-            print(f"MLflow UI     {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri} --port 5000"
-                  "   (then http://127.0.0.1:5000)")
+            print(
+                f"MLflow UI     {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri} --port 5000"
+                "   (then http://127.0.0.1:5000)"
+            )
         return 0
 
     return run_cli("make run", body, debug=args.debug)

@@ -22,8 +22,9 @@ def free_port() -> int:
 def start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
     """Start ``cmd`` in its own session (stopping it stops what it forks), its output into ``log``."""
     with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=cwd, start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True
+        )
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:

@@ -14,8 +14,12 @@ def write_tiny_split(folder: Path, n: int, n_shards: int, size: int = 64) -> Non
     """Write ``n`` seeded ``size x size`` pairs as ``n_shards`` shards with an index into ``folder``."""
     rng = np.random.default_rng(0)
     records = [
-        ShardSample(f"s{i:03d}", encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
-                    encode_png(im), {"width": size, "height": size})
+        ShardSample(
+            f"s{i:03d}",
+            encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
+            encode_png(im),
+            {"width": size, "height": size},
+        )
         for i in range(n)
     ]
     write_split(folder, records, lambda r: r, n_shards=n_shards, info={})

@@ -50,8 +50,12 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
 def git_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: this environment) with a git identity (``dvc exp`` and commits need one)."""
     env = dict(os.environ if base is None else base)
-    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+    env.update(
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+    )
     return env
 
 
@@ -62,8 +66,16 @@ def project_repo(dst: Path) -> Path:
     work too; ignored outputs (data, models, mlflow.db, the DVC cache) are not copied, so every stage is
     out of date there. ``.dvc/`` comes along: it is already a DVC repository.
     """
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     dst.mkdir(parents=True)
     for name in filter(None, listed):
         src = ROOT / name

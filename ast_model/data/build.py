@@ -71,8 +71,13 @@ def prepare_real(name: str, spec: DatasetSpec, checked: dict[str, list[PairInfo]
     counts = {}
     with staged_dir(out_root / name) as staging:
         for split, infos in checked.items():
-            header = {"dataset": name, "source": spec.source, "task": task_of(spec), "split": split,
-                      "subset": subsets[split]}
+            header = {
+                "dataset": name,
+                "source": spec.source,
+                "task": task_of(spec),
+                "split": split,
+                "subset": subsets[split],
+            }
             write_real_split(staging / split, infos, root=spec.root, header=header)
             counts[split] = len(infos)
     return counts
@@ -171,8 +176,9 @@ def shard_dataset(name: str, plans: list[SplitPlan], out_root: Path) -> dict[str
             split = plan.split_dir.name
             info = {k: plan.manifest[k] for k in ("dataset", "source", "task", "split")}
             load = partial(_load_sample, manifest=plan.manifest, split_dir=plan.split_dir, info=info)
-            index = write_split(staging / split, plan.records, load, n_shards=plan.n_shards, info=info,
-                                desc=f"{name}/{split}")
+            index = write_split(
+                staging / split, plan.records, load, n_shards=plan.n_shards, info=info, desc=f"{name}/{split}"
+            )
             summary[split] = {"samples": index["samples"], "shards": len(index["shards"]), "bytes": index["bytes"]}
     return summary
 

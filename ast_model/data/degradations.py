@@ -224,9 +224,7 @@ def apply_rain(clean: np.ndarray, params: Params) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Raindrops
 # --------------------------------------------------------------------------------------------------
-def sample_drop_params(
-    rng: np.random.Generator, shape: tuple[int, int], ranges: DropRanges = DropRanges()
-) -> Params:
+def sample_drop_params(rng: np.random.Generator, shape: tuple[int, int], ranges: DropRanges = DropRanges()) -> Params:
     """Draw the raindrops of one image.
 
     Args:

@@ -202,8 +202,9 @@ def _crop_resize(photo: Photo, rng: np.random.Generator, cfg: EmbeddedConfig) ->
     return Photo(image=image.astype(np.float32), depth=depth), [y0, x0, ch, cw]
 
 
-def degrade(task: str, clean: np.ndarray, depth: np.ndarray | None, rng: np.random.Generator,
-            cfg: EmbeddedConfig) -> tuple[np.ndarray, dict[str, Any]]:
+def degrade(
+    task: str, clean: np.ndarray, depth: np.ndarray | None, rng: np.random.Generator, cfg: EmbeddedConfig
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Apply the degradation model of ``task`` with freshly sampled parameters.
 
     Args:

@@ -43,11 +43,17 @@ def make_samples(n_photos: int, variants: int, short_side: int, seed: int = 0) -
         The samples.
     """
     base = EmbeddedConfig()
-    cfg = dataclasses.replace(base, seed=seed, short_side=short_side,
-                              photos={"train": base.photos["train"][:n_photos]}, variants={"train": variants})
+    cfg = dataclasses.replace(
+        base,
+        seed=seed,
+        short_side=short_side,
+        photos={"train": base.photos["train"][:n_photos]},
+        variants={"train": variants},
+    )
     return [
-        ShardSample(p.key, encode_png(p.input), encode_png(p.target),
-                    {"width": p.input.shape[1], "height": p.input.shape[0]})
+        ShardSample(
+            p.key, encode_png(p.input), encode_png(p.target), {"width": p.input.shape[1], "height": p.input.shape[0]}
+        )
         for p in generate_split("rain", "train", cfg)
     ]
 
@@ -90,8 +96,17 @@ def bench_loader(
     """
     rates, startups = [], []
     for r in range(repeats):
-        loader = make_train_loader(shard_dir, patch_size=patch, batch_size=batch, batches_per_epoch=batches,
-                                   num_workers=workers, seed=r, rank=0, world_size=1, verify=False)
+        loader = make_train_loader(
+            shard_dir,
+            patch_size=patch,
+            batch_size=batch,
+            batches_per_epoch=batches,
+            num_workers=workers,
+            seed=r,
+            rank=0,
+            world_size=1,
+            verify=False,
+        )
         start = time.perf_counter()
         first = None
         for i, _ in enumerate(loader):
@@ -121,9 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=16, help="batches per measured epoch")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--consume", type=float, default=4.0,
-                        help="pairs/s a training step consumes, for the ratio column (AST-T, batch 4 at 128^2, "
-                             "~1-2 s/step on a 2-core CPU: 2-4 pairs/s)")
+    parser.add_argument(
+        "--consume",
+        type=float,
+        default=4.0,
+        help="pairs/s a training step consumes, for the ratio column (AST-T, batch 4 at 128^2, "
+        "~1-2 s/step on a 2-core CPU: 2-4 pairs/s)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -133,12 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.shards is None:
             start = time.perf_counter()
             samples = make_samples(n_photos=4, variants=6, short_side=max(args.patches) + 32)
-            print(f"generated {len(samples)} pairs of ~{samples[0].meta['height']}x{samples[0].meta['width']} "
-                  f"in {time.perf_counter() - start:.1f} s")
+            print(
+                f"generated {len(samples)} pairs of ~{samples[0].meta['height']}x{samples[0].meta['width']} "
+                f"in {time.perf_counter() - start:.1f} s"
+            )
             rates = bench_write(samples, scratch, n_shards=4, repeats=args.repeats)
             results["write_mb_s"] = rates
-            print(f"shard writing: {statistics.median(rates):.0f} MB/s (median of {len(rates)}; "
-                  f"{min(rates):.0f}-{max(rates):.0f})")
+            print(
+                f"shard writing: {statistics.median(rates):.0f} MB/s (median of {len(rates)}; "
+                f"{min(rates):.0f}-{max(rates):.0f})"
+            )
             shard_dir = scratch / "write0"
         else:
             shard_dir = args.shards
@@ -148,8 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rates, startups = bench_loader(shard_dir, patch, workers, args.batch, args.batches, args.repeats)
                 med = statistics.median(rates)
                 results[f"loader_{patch}_w{workers}"] = {"pairs_s": rates, "startup_s": startups}
-                print(f"{patch:>5} {workers:>7} {med:>8.1f} {min(rates):>6.1f}-{max(rates):<6.1f} "
-                      f"{statistics.median(startups):>7.2f} {med / args.consume:>6.0f}x")
+                print(
+                    f"{patch:>5} {workers:>7} {med:>8.1f} {min(rates):>6.1f}-{max(rates):<6.1f} "
+                    f"{statistics.median(startups):>7.2f} {med / args.consume:>6.0f}x"
+                )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -125,8 +125,9 @@ class TrainLoader:
     :meth:`set_epoch` is called first, which makes a resumed run reproduce the epoch it stopped in.
     """
 
-    def __init__(self, pipeline: wds.DataPipeline, stages: list[Any], *, batches_per_epoch: int,
-                 num_workers: int, epoch: int):
+    def __init__(
+        self, pipeline: wds.DataPipeline, stages: list[Any], *, batches_per_epoch: int, num_workers: int, epoch: int
+    ):
         self._pipeline, self._stages = pipeline, stages
         self.batches_per_epoch, self.num_workers, self.epoch = batches_per_epoch, num_workers, epoch
 
@@ -141,9 +142,7 @@ class TrainLoader:
         for stage in self._stages:
             stage.epoch = self.epoch  # read inside the workers, which receive a copy of the pipeline
         self.epoch += 1
-        loader = wds.WebLoader(
-            self._pipeline, batch_size=None, num_workers=self.num_workers, persistent_workers=False
-        )
+        loader = wds.WebLoader(self._pipeline, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
         # The epoch length lives on the loader, not the dataset: with_epoch on the dataset would count
         # per worker, and ranks with different worker counts or shard sizes would drift apart.
         return iter(loader.with_epoch(self.batches_per_epoch))
@@ -216,8 +215,9 @@ def make_train_loader(
         patches,
         wds.batched(batch_size, collation_fn=_collate, partial=False),
     )
-    return TrainLoader(pipeline, [source, patches], batches_per_epoch=batches_per_epoch,
-                       num_workers=num_workers, epoch=epoch)
+    return TrainLoader(
+        pipeline, [source, patches], batches_per_epoch=batches_per_epoch, num_workers=num_workers, epoch=epoch
+    )
 
 
 def _eval_sample(sample: dict[str, Any]) -> dict[str, Any]:

@@ -32,9 +32,7 @@ class ManifestError(ValueError):
     """A manifest that is missing, malformed, or no longer matches the files it lists."""
 
 
-def write_embedded_split(
-    split_dir: Path, pairs: Iterable[EmbeddedPair], *, header: dict[str, Any]
-) -> dict[str, Any]:
+def write_embedded_split(split_dir: Path, pairs: Iterable[EmbeddedPair], *, header: dict[str, Any]) -> dict[str, Any]:
     """Write generated pairs as PNGs plus their manifest into ``split_dir`` (a staging folder).
 
     Args:

@@ -230,8 +230,9 @@ def _write_cache(path: Path, shard_dir: Path, shards: dict[str, Any]) -> None:
         pass
 
 
-def shard_problems(shard_dir: str | Path, *, names: Sequence[str] | None = None, use_cache: bool = True,
-                   progress: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
+def shard_problems(
+    shard_dir: str | Path, *, names: Sequence[str] | None = None, use_cache: bool = True, progress: bool = False
+) -> tuple[dict[str, Any] | None, list[str]]:
     """Check shards against their index: presence, byte count and sha256, collecting every problem.
 
     Args:
@@ -266,23 +267,33 @@ def shard_problems(shard_dir: str | Path, *, names: Sequence[str] | None = None,
             problems.append(f"{path}: shard missing (listed in {INDEX}); rerun the shard stage")
             continue
         if st.st_size != entry["bytes"]:  # no need to hash a file of the wrong size
-            problems.append(f"{path}: shard does not match {INDEX} ({st.st_size} vs {entry['bytes']} bytes): "
-                            "truncated or modified; rerun the shard stage (or `dvc checkout` it)")
+            problems.append(
+                f"{path}: shard does not match {INDEX} ({st.st_size} vs {entry['bytes']} bytes): "
+                "truncated or modified; rerun the shard stage (or `dvc checkout` it)"
+            )
             continue
         known = cache.get(name)
         if known and known.get("id") == _identity(st) and known.get("sha256") == entry["sha256"]:
             continue
         to_hash.append((name, path, st))
     changed = False
-    bar = tqdm(total=sum(st.st_size for _, _, st in to_hash), unit="B", unit_scale=True, leave=False,
-               desc=f"verify {shard_dir.name}", disable=not progress or not to_hash or not sys.stderr.isatty())
+    bar = tqdm(
+        total=sum(st.st_size for _, _, st in to_hash),
+        unit="B",
+        unit_scale=True,
+        leave=False,
+        desc=f"verify {shard_dir.name}",
+        disable=not progress or not to_hash or not sys.stderr.isatty(),
+    )
     for name, path, st in to_hash:
         sha, _ = sha256_file(path)
         bar.update(st.st_size)
         if sha != entries[name]["sha256"]:
-            problems.append(f"{path}: shard does not match {INDEX} (sha256 {sha[:12]}... vs "
-                            f"{entries[name]['sha256'][:12]}...): corrupted or modified; rerun the shard stage "
-                            "(or `dvc checkout` it)")
+            problems.append(
+                f"{path}: shard does not match {INDEX} (sha256 {sha[:12]}... vs "
+                f"{entries[name]['sha256'][:12]}...): corrupted or modified; rerun the shard stage "
+                "(or `dvc checkout` it)"
+            )
             cache.pop(name, None)
             changed = True
             continue

@@ -47,6 +47,7 @@ def bench_pair(pytorch: torch.nn.Module, onnx: torch.nn.Module, repeats: int, se
         def run() -> object:
             with torch.inference_mode():
                 return model(x)
+
         return run
 
     def image(model: torch.nn.Module) -> Callable[[], object]:
@@ -56,14 +57,21 @@ def bench_pair(pytorch: torch.nn.Module, onnx: torch.nn.Module, repeats: int, se
     for case, make in (("1x3x256x256", forward), ("512x512 image", image)):
         runs = {"pytorch": make(pytorch), "onnxruntime": make(onnx)}
         times: dict[str, list[float]] = {name: [] for name in runs}
-        for name, fn in runs.items():
+        for fn in runs.values():
             fn()  # warm-up: oneDNN primitive caches, onnxruntime's first-run allocations
         for _ in range(repeats):
             for name, fn in runs.items():
                 times[name].append(_timed(fn))
         med = {name: statistics.median(t) for name, t in times.items()}
-        rows.append({"case": case, "repeats": repeats, "times_s": times,
-                     "median_s": med, "ratio_pytorch_over_onnxruntime": med["pytorch"] / med["onnxruntime"]})
+        rows.append(
+            {
+                "case": case,
+                "repeats": repeats,
+                "times_s": times,
+                "median_s": med,
+                "ratio_pytorch_over_onnxruntime": med["pytorch"] / med["onnxruntime"],
+            }
+        )
     return rows
 
 
@@ -73,8 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ast_model.eval.onnx_backend import OnnxRestorer
 
     p = argparse.ArgumentParser(prog="python -m ast_model.eval.backend_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", required=True,
-                   help="NAME=CHECKPOINT,ONNX (the .onnx exported from that checkpoint); repeatable")
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="NAME=CHECKPOINT,ONNX (the .onnx exported from that checkpoint); repeatable",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed runs per backend and case (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="threads for both backends (default: torch's)")
     p.add_argument("--json", type=Path, help="also write the raw timings here")

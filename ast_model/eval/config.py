@@ -76,5 +76,10 @@ class EvaluateConfig:
 
     def restore_options(self) -> RestoreOptions:
         """The :class:`~ast_model.eval.restore.RestoreOptions` for these settings."""
-        return RestoreOptions(tile=self.tile or None, overlap=self.overlap, blend=self.blend,
-                              ensemble=self.ensemble, precision=self.precision)
+        return RestoreOptions(
+            tile=self.tile or None,
+            overlap=self.overlap,
+            blend=self.blend,
+            ensemble=self.ensemble,
+            precision=self.precision,
+        )

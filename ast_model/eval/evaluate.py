@@ -65,18 +65,26 @@ def evaluate_pairs(
     for key, degraded, target in tqdm(pairs, unit="img", disable=not progress, desc="evaluate"):
         degraded = _as_float(np.asarray(degraded))
         restored = restore_image(model, degraded, options, device)
-        per_image.append(ImageScore(
-            key=str(key),
-            psnr=score_psnr(restored, target),
-            ssim=score_ssim(restored, target),
-            input_psnr=score_psnr(degraded, target),
-            input_ssim=score_ssim(degraded, target),
-        ))
+        per_image.append(
+            ImageScore(
+                key=str(key),
+                psnr=score_psnr(restored, target),
+                ssim=score_ssim(restored, target),
+                input_psnr=score_psnr(degraded, target),
+                input_ssim=score_ssim(degraded, target),
+            )
+        )
         if on_result is not None:
             on_result(str(key), degraded, restored, _as_float(np.asarray(target)))
     if not per_image:
         raise ValueError("evaluate_pairs: no image pairs to evaluate")
     names = ("psnr", "ssim", "input_psnr", "input_ssim")
     means = {name: float(np.mean([getattr(row, name) for row in per_image])) for name in names}
-    return Scores(**means, protocol=protocol, y_channel=y_channel, crop_border=crop_border, count=len(per_image),
-                  per_image=per_image)
+    return Scores(
+        **means,
+        protocol=protocol,
+        y_channel=y_channel,
+        crop_border=crop_border,
+        count=len(per_image),
+        per_image=per_image,
+    )

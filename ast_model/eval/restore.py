@@ -188,9 +188,9 @@ def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:
     return len(tile_starts(h, th, min(overlap, th - 1))) * len(tile_starts(w, tw, min(overlap, tw - 1)))
 
 
-def _tile_grid(h: int, w: int, tile: int, overlap: int, blend: Blend) -> tuple[
-    int, int, list[int], list[int], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
-]:
+def _tile_grid(
+    h: int, w: int, tile: int, overlap: int, blend: Blend
+) -> tuple[int, int, list[int], list[int], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(th, tw, tops, lefts, ramp_y, ramp_x, weight_y, weight_x)`` of a tiling.
 
     The tiles form a full grid (every top with every left) and each tile's weight is the outer product

@@ -164,9 +164,16 @@ class AST(nn.Module):
         self.config = cfg = config
         c, win = cfg.embed_dim, cfg.win_size
         dpr = drop_path_rates(cfg.depths, cfg.drop_path_rate)
-        common = dict(win_size=win, mlp_ratio=cfg.mlp_ratio, ffn=cfg.ffn, qkv_bias=cfg.qkv_bias,
-                      qk_scale=cfg.qk_scale, attn_drop=cfg.attn_drop_rate, drop=cfg.drop_rate,
-                      ffn_options=cfg.ffn_options)
+        common = dict(
+            win_size=win,
+            mlp_ratio=cfg.mlp_ratio,
+            ffn=cfg.ffn,
+            qkv_bias=cfg.qkv_bias,
+            qk_scale=cfg.qk_scale,
+            attn_drop=cfg.attn_drop_rate,
+            drop=cfg.drop_rate,
+            ffn_options=cfg.ffn_options,
+        )
 
         def shifts(depth: int, shifted: bool = True) -> list[int]:
             return [win // 2 if (i % 2 and shifted) else 0 for i in range(depth)]

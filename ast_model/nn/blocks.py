@@ -83,8 +83,14 @@ class TransformerBlock(nn.Module):
         if attention is not None:
             self.norm1 = nn.LayerNorm(dim)
             self.attn = build_attention(
-                attention, dim=dim, num_heads=num_heads, win_size=win_size, qkv_bias=qkv_bias,
-                qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop,
+                attention,
+                dim=dim,
+                num_heads=num_heads,
+                win_size=win_size,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                attn_drop=attn_drop,
+                proj_drop=drop,
             )
         self.has_attention = attention is not None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -148,7 +154,18 @@ class Level(nn.Module):
         self.win_size = win_size
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                dim, num_heads, win_size, shift, mlp_ratio, attention, ffn, dp, qkv_bias, qk_scale, attn_drop, drop,
+                dim,
+                num_heads,
+                win_size,
+                shift,
+                mlp_ratio,
+                attention,
+                ffn,
+                dp,
+                qkv_bias,
+                qk_scale,
+                attn_drop,
+                drop,
                 ffn_options,
             )
             for dp, shift in zip(drop_paths, shifts)

@@ -167,9 +167,7 @@ class CondensedAttention(nn.Module):
         shuf = ch * shuffle**2
         sp = shuf // squeezes[1]  # channels of the condensed (superpixel) map
         self.ch, self.sp, self.shuffle = ch, sp, shuffle
-        self.ch_sp_squeeze = nn.Sequential(
-            nn.Conv2d(dim, ch, 1), nn.Conv2d(ch, sp, shuffle, shuffle, groups=ch)
-        )
+        self.ch_sp_squeeze = nn.Sequential(nn.Conv2d(dim, ch, 1), nn.Conv2d(ch, sp, shuffle, shuffle, groups=ch))
         self.channel_attention = _GroupedAttention(sp, ch, expand, spatial=False)
         self.spatial_attention = _GroupedAttention(sp, ch, expand, spatial=True)
         self.sp_ch_unsqueeze = nn.Sequential(

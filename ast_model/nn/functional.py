@@ -216,8 +216,17 @@ class _GatedDWTail(torch.autograd.Function):
             grad_d = torch.ops.aten.gelu_backward(grad_y.mul_(gg), d)
             del gg, grad_y, d
             grad_ga, grad_dw_w, grad_dw_b = torch.ops.aten.convolution_backward(
-                grad_d.permute(0, 3, 1, 2), ga.permute(0, 3, 1, 2), dw_weight, [dw_weight.shape[0]],
-                [1, 1], [1, 1], [1, 1], False, [0, 0], dw_weight.shape[0], [True, True, True],
+                grad_d.permute(0, 3, 1, 2),
+                ga.permute(0, 3, 1, 2),
+                dw_weight,
+                [dw_weight.shape[0]],
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                False,
+                [0, 0],
+                dw_weight.shape[0],
+                [True, True, True],
             )
             del grad_d, ga
             grad_a = torch.ops.aten.gelu_backward(grad_ga.permute(0, 2, 3, 1), a)

@@ -248,8 +248,9 @@ def resolve_phases(cfg: TrainConfig, *, world_size: int, train_samples: int | No
     return out
 
 
-def _phase_problems(cfg: TrainConfig, *, world_size: int, train_samples: int | None, section: str = "train",
-                    need_samples: bool = True) -> list[str]:
+def _phase_problems(
+    cfg: TrainConfig, *, world_size: int, train_samples: int | None, section: str = "train", need_samples: bool = True
+) -> list[str]:
     problems = []
     if not cfg.phases:
         problems.append(f"{section}.phases is empty: give at least one {{patch_size, batch_size, lr, steps|epochs}}")

@@ -98,8 +98,10 @@ def init_distributed(backend: str = "auto", timeout_s: int = 600) -> DistInfo:
 
     missing = [v for v in LAUNCHER_VARS if v not in os.environ]
     if missing:
-        raise RuntimeError(f"no launcher environment ({', '.join(missing)} unset): start under torchrun / deepspeed, "
-                           "or call ensure_launcher_env() first for a single process")
+        raise RuntimeError(
+            f"no launcher environment ({', '.join(missing)} unset): start under torchrun / deepspeed, "
+            "or call ensure_launcher_env() first for a single process"
+        )
     backend = resolve_backend(backend)
     local_rank = int(os.environ["LOCAL_RANK"])
     if backend == "nccl":

@@ -17,8 +17,18 @@ from ast_model.data.files import atomic_write_bytes
 # step: optimizer steps done; images: training images seen; train_seconds: training wall time so far;
 # train_loss: mean loss since the previous row; val_* / input_*: the restored and the degraded validation
 # images against their targets; gain_*: restored minus input.
-HISTORY_FIELDS = ("step", "images", "train_seconds", "train_loss", "val_psnr", "val_ssim", "input_psnr",
-                  "input_ssim", "gain_psnr_db", "gain_ssim")
+HISTORY_FIELDS = (
+    "step",
+    "images",
+    "train_seconds",
+    "train_loss",
+    "val_psnr",
+    "val_ssim",
+    "input_psnr",
+    "input_ssim",
+    "gain_psnr_db",
+    "gain_ssim",
+)
 HISTORY_FILE = "history.csv"
 
 

@@ -87,8 +87,15 @@ class Trainer:
         total = self.spec.total_steps
         self.history = self._read_history(state.step)
         # In a log file (DVC, Prefect, a scheduler) a bar redrawn every second would flood it.
-        bar = tqdm(total=total, initial=state.step, unit="step", disable=not self.info.is_main, dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, desc=self.cfg.experiment)
+        bar = tqdm(
+            total=total,
+            initial=state.step,
+            unit="step",
+            disable=not self.info.is_main,
+            dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            desc=self.cfg.experiment,
+        )
         self.engine.train()
         try:
             while state.step < total:
@@ -190,8 +197,13 @@ class Trainer:
             "train/phase": float(phase_index),
             "train/patch_size": float(phase.patch_size),
         }
-        bar.set_postfix(phase=phase_index, loss=f"{loss:.4f}", lr=f"{metrics['train/lr']:.2e}",
-                        img_s=f"{metrics['train/images_per_s']:.1f}", refresh=False)
+        bar.set_postfix(
+            phase=phase_index,
+            loss=f"{loss:.4f}",
+            lr=f"{metrics['train/lr']:.2e}",
+            img_s=f"{metrics['train/images_per_s']:.1f}",
+            refresh=False,
+        )
         self.tracker.log_metrics(metrics, state.step)
 
     def _validate(self, state: LoopState) -> None:
@@ -206,8 +218,10 @@ class Trainer:
         for key, image in res.samples:
             self.tracker.log_image(f"val/{key}", image, state.step)
         if self.info.is_main:
-            tqdm.write(f"[{self.cfg.experiment}] step {state.step}: val PSNR {res.psnr:.3f} dB, SSIM {res.ssim:.4f} "
-                       f"(input {res.input_psnr:.3f} dB, {res.count} images)")
+            tqdm.write(
+                f"[{self.cfg.experiment}] step {state.step}: val PSNR {res.psnr:.3f} dB, SSIM {res.ssim:.4f} "
+                f"(input {res.input_psnr:.3f} dB, {res.count} images)"
+            )
         if state.best_psnr is None or res.psnr > state.best_psnr:  # same decision on every rank
             state.best_psnr, state.best_step = res.psnr, state.step
             self._export("best.pt", state, master_state_dict(self.engine))
@@ -216,12 +230,20 @@ class Trainer:
         """Append one row to the learning curve and rewrite ``history.csv`` (rank 0, atomically)."""
         loss = sum(self._since_val) / len(self._since_val) if self._since_val else float("nan")
         self._since_val.clear()
-        self.history.append({
-            "step": state.step, "images": state.images, "train_seconds": round(state.train_seconds, 3),
-            "train_loss": loss, "val_psnr": res.psnr, "val_ssim": res.ssim, "input_psnr": res.input_psnr,
-            "input_ssim": res.input_ssim, "gain_psnr_db": res.psnr - res.input_psnr,
-            "gain_ssim": res.ssim - res.input_ssim,
-        })
+        self.history.append(
+            {
+                "step": state.step,
+                "images": state.images,
+                "train_seconds": round(state.train_seconds, 3),
+                "train_loss": loss,
+                "val_psnr": res.psnr,
+                "val_ssim": res.ssim,
+                "input_psnr": res.input_psnr,
+                "input_ssim": res.input_ssim,
+                "gain_psnr_db": res.psnr - res.input_psnr,
+                "gain_ssim": res.ssim - res.input_ssim,
+            }
+        )
         if self.info.is_main:
             write_history(self.history, self.history_path)
 
@@ -250,5 +272,6 @@ class Trainer:
         weights = master_state_dict(self.engine)  # collective
         self._export("final.pt", state, weights)
         if self.last_val is not None and self.last_val.count:
-            self.tracker.log_metrics({"final/val_psnr": self.last_val.psnr, "final/val_ssim": self.last_val.ssim},
-                                     state.step)
+            self.tracker.log_metrics(
+                {"final/val_psnr": self.last_val.psnr, "final/val_ssim": self.last_val.ssim}, state.step
+            )

@@ -64,8 +64,11 @@ def configure_logging(rank: int) -> None:
 
     Process-wide (the root logger): for command-line entry points only, never called by the library.
     """
-    logging.basicConfig(format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if rank == 0 else logging.WARNING, force=True)
+    logging.basicConfig(
+        format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        force=True,
+    )
     try:
         from deepspeed.utils import logger as ds_logger
 

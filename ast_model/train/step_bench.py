@@ -81,11 +81,20 @@ def engine_loop(model_name: str, batch: int, patch: int, warmup: int, steps: int
 
     ensure_launcher_env()  # this benchmark is its own entry point (python -m ... --worker)
     info = init_distributed("auto", 600)
-    cfg = TrainConfig(phases=[PhaseConfig(patch, batch * info.world_size, 2e-4, steps=warmup + steps)],
-                      zero_stage=zero)  # type: ignore[arg-type]
+    cfg = TrainConfig(phases=[PhaseConfig(patch, batch * info.world_size, 2e-4, steps=warmup + steps)], zero_stage=zero)  # type: ignore[arg-type]
     phases = resolve_phases(cfg, world_size=info.world_size, train_samples=None)
-    spec = RunSpec(train=cfg, profile="bench", model_name=model_name, model_kwargs={}, phases=phases,
-                   world_size=info.world_size, train_dir="", val_dir=None, out_dir="", ckpt_dir="")
+    spec = RunSpec(
+        train=cfg,
+        profile="bench",
+        model_name=model_name,
+        model_kwargs={},
+        phases=phases,
+        world_size=info.world_size,
+        train_dir="",
+        val_dir=None,
+        out_dir="",
+        ckpt_dir="",
+    )
     torch.manual_seed(0)
     model = create_model(model_name)
     engine = build_engine(model, deepspeed_config(cfg, micro_batch=batch, world_size=info.world_size, lr=2e-4))
@@ -102,10 +111,32 @@ def _run_procs(args: argparse.Namespace, procs: int, threads: int) -> tuple[floa
     """Seconds per step (median, min; slowest rank) of ``procs`` processes, ``threads`` each, under torchrun."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
-               "--max_restarts", "0", "-m", "ast_model.train.step_bench", "--worker", str(out),
-               "--model", args.model, "--batch", str(args.batch), "--patch", str(args.patch),
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--zero", str(args.zero)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(procs),
+            "--max_restarts",
+            "0",
+            "-m",
+            "ast_model.train.step_bench",
+            "--worker",
+            str(out),
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+            "--patch",
+            str(args.patch),
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(args.steps),
+            "--zero",
+            str(args.zero),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         results = [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("result.*"))]
@@ -148,8 +179,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for n in args.procs:
         if n > 1 and _threads(n) != _threads(1) and f"engine x1 {_threads(n)}t" not in rows:
             rows[f"engine x1 {_threads(n)}t"] = _run_procs(args, 1, _threads(n))
-    print(f"{args.model} at {args.patch}x{args.patch}, micro batch {args.batch} per process, fp32, ZeRO {args.zero}, "
-          f"{os.cpu_count()} cores, median of {args.steps} steps after {args.warmup}")
+    print(
+        f"{args.model} at {args.patch}x{args.patch}, micro batch {args.batch} per process, fp32, ZeRO {args.zero}, "
+        f"{os.cpu_count()} cores, median of {args.steps} steps after {args.warmup}"
+    )
     print(f"{'loop':<14}{'s/step':>9}{'min':>8}{'steps/s':>9}{'images/s':>10}   (steps/s, images/s from the median)")
     for name, (s, fastest) in rows.items():
         n = int(name.split("x")[1].split()[0]) if "x" in name else 1
@@ -158,8 +191,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if one:
         for k, label in ((0, "median"), (1, "min")):
             figures[f"engine_overhead_{label}"] = one[k] / plain[k] - 1
-        print(f"engine overhead vs plain PyTorch: {figures['engine_overhead_median']:+.1%} (median), "
-              f"{figures['engine_overhead_min']:+.1%} (min); target <= +10%")
+        print(
+            f"engine overhead vs plain PyTorch: {figures['engine_overhead_median']:+.1%} (median), "
+            f"{figures['engine_overhead_min']:+.1%} (min); target <= +10%"
+        )
         for n in args.procs:
             if n > 1:
                 for k, label in ((0, "median"), (1, "min")):
@@ -168,9 +203,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     figures[f"scaling_efficiency_x{n}_{label}"] = eff
                 speedup = images(rows[f"engine x{n}"][0], n) / images(one[0], 1)
                 figures[f"speedup_same_cores_x{n}"] = speedup
-                print(f"scaling efficiency 1 -> {n} processes: {figures[f'scaling_efficiency_x{n}_median']:.0%} "
-                      f"(median), {figures[f'scaling_efficiency_x{n}_min']:.0%} (min); images/s vs one process "
-                      f"on all cores: x{speedup:.2f}")
+                print(
+                    f"scaling efficiency 1 -> {n} processes: {figures[f'scaling_efficiency_x{n}_median']:.0%} "
+                    f"(median), {figures[f'scaling_efficiency_x{n}_min']:.0%} (min); images/s vs one process "
+                    f"on all cores: x{speedup:.2f}"
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return figures

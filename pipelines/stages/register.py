@@ -80,16 +80,17 @@ def run(
     from ast_model.preflight import output_dir_problem
     from pipelines import gate
     from pipelines import model_registry as registry
-    from pipelines.onnx_artifact import attach_onnx
     from pipelines.errors import PreflightError
+    from pipelines.onnx_artifact import attach_onnx
     from pipelines.params import check_profile_and_section, stage_params
     from pipelines.tracking import client, run_for_stage, tracking_problem
 
     source = str(params)
     # Pre-flight: every problem below is collected and reported together before MLflow is touched.
     resolved = stage_params(params, task, profile=profile)
-    train, cfg, problems = check_profile_and_section(resolved, profile, section, gate.RegisterConfig,
-                                                     purpose="the model to register", source=source)
+    train, cfg, problems = check_profile_and_section(
+        resolved, profile, section, gate.RegisterConfig, purpose="the model to register", source=source
+    )
     if train is not None:
         problem = output_dir_problem(Path(reports) / train.experiment, "reports folder (--reports)")
         problems += [problem] if problem else []
@@ -108,22 +109,42 @@ def run(
     pins = registry.pinned_requirements(requirements)
 
     c = client()
-    run_id, _ = run_for_stage(c, scores.tracking_run_id, experiment=train.experiment,
-                              run_name=f"register-{train.experiment}")
-    info = {"experiment": train.experiment, "task": scores.task, "variant": str(scores.variant),
-            "weights": checkpoint.name, "checkpoint_sha256": scores.checkpoint_sha256}
-    logged = registry.log_restorer(c, run_id=run_id, checkpoint=checkpoint, pip_requirements=pins,
-                                   metadata={**info, **asdict(score)}, tags=score.to_tags())
+    run_id, _ = run_for_stage(
+        c, scores.tracking_run_id, experiment=train.experiment, run_name=f"register-{train.experiment}"
+    )
+    info = {
+        "experiment": train.experiment,
+        "task": scores.task,
+        "variant": str(scores.variant),
+        "weights": checkpoint.name,
+        "checkpoint_sha256": scores.checkpoint_sha256,
+    }
+    logged = registry.log_restorer(
+        c,
+        run_id=run_id,
+        checkpoint=checkpoint,
+        pip_requirements=pins,
+        metadata={**info, **asdict(score)},
+        tags=score.to_tags(),
+    )
     extra = {"test.count": str(scores.count), "test.input_psnr": repr(float(scores.input_psnr))}
     version = registry.register_version(
-        c, name, logged, tags={**info, **score.to_tags(), **extra},
+        c,
+        name,
+        logged,
+        tags={**info, **score.to_tags(), **extra},
         description=f"{info['variant']} from experiment {train.experiment} ({checkpoint.name}): {score.describe()}",
     )
     attach_onnx(c, name, str(version.version), logged.model_id, checkpoint)  # onnx/model.onnx + onnx.* tags
     previous = registry.current_champion(c, name, cfg.alias)
     previous_version = str(previous[0].version) if previous else None
-    decision = gate.decide(score, previous[1] if previous else None, champion_version=previous_version,
-                           min_gain_db=cfg.min_gain_db, same_test_data=cfg.same_test_data)
+    decision = gate.decide(
+        score,
+        previous[1] if previous else None,
+        champion_version=previous_version,
+        min_gain_db=cfg.min_gain_db,
+        same_test_data=cfg.same_test_data,
+    )
     new_version = str(version.version)
     registry.apply_decision(c, name, new_version, decision, cfg.alias)
 
@@ -135,8 +156,9 @@ def run(
         promoted=decision.promote,
         reason=decision.reason,
         champion_version=new_version if decision.promote else previous_version,
-        previous_champion=({"version": previous_version, "psnr": previous[1].psnr if previous[1] else None}
-                           if previous else None),
+        previous_champion=(
+            {"version": previous_version, "psnr": previous[1].psnr if previous[1] else None} if previous else None
+        ),
         test=asdict(score),
         logged_model_id=logged.model_id,
         tracking_run_id=run_id,
@@ -157,12 +179,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", help="a key of the `tasks` section (the experiment is the task's name)")
     p.add_argument("--models", default="models", help="model root: reads <models>/<experiment>/ (default: %(default)s)")
     p.add_argument("--metrics", default="metrics", help="reads <metrics>/<experiment>.json (default: %(default)s)")
-    p.add_argument("--reports", default="reports",
-                   help="writes <reports>/<experiment>/registry.json (default: %(default)s)")
-    p.add_argument("--requirements", default="requirements.txt",
-                   help="pinned requirements of the served model (default: %(default)s)")
-    p.add_argument("--local-store", action="store_true",
-                   help="register in the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set")
+    p.add_argument(
+        "--reports", default="reports", help="writes <reports>/<experiment>/registry.json (default: %(default)s)"
+    )
+    p.add_argument(
+        "--requirements",
+        default="requirements.txt",
+        help="pinned requirements of the served model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--local-store",
+        action="store_true",
+        help="register in the local store (<repo>/mlflow.db) even if MLFLOW_TRACKING_URI is set",
+    )
     p.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return p.parse_args(argv)
 
@@ -185,8 +214,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         try:
-            run(args.params, task=args.task, profile=args.profile, section=args.section, models=args.models, metrics=args.metrics,
-                reports=args.reports, requirements=args.requirements)
+            run(
+                args.params,
+                task=args.task,
+                profile=args.profile,
+                section=args.section,
+                models=args.models,
+                metrics=args.metrics,
+                reports=args.reports,
+                requirements=args.requirements,
+            )
         except RegistryError as exc:
             print(f"register: {exc}", file=sys.stderr)
             return 1

@@ -84,8 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from pipelines.errors import run_cli
 
-    return run_cli("shard", lambda: run(args.params, args.prepared, args.out) and 0, debug=args.debug,
-                   outcome="nothing written")
+    return run_cli(
+        "shard", lambda: run(args.params, args.prepared, args.out) and 0, debug=args.debug, outcome="nothing written"
+    )
 
 
 if __name__ == "__main__":

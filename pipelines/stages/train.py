@@ -33,8 +33,9 @@ from typing import Any
 STAGE_MODULE = "pipelines.stages.train"
 
 
-def _model(params: dict[str, Any], profile: str, name: str | None, overrides: dict[str, Any],
-           source: str) -> tuple[str, dict, int]:
+def _model(
+    params: dict[str, Any], profile: str, name: str | None, overrides: dict[str, Any], source: str
+) -> tuple[str, dict, int]:
     """(variant, create_model kwargs, pad multiple) from the ``model`` section and the profile's overrides."""
     from ast_model import model_config
     from ast_model.config import ConfigError, load_section
@@ -94,8 +95,9 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     cfg, launch, problems = load_profile(params, profile, source=source)
     if cfg is None or launch is None:  # a required key is missing or unusable: nothing else can be checked
         raise PreflightError(problems, source=source, section=profile)
-    overrides = {k: getattr(args, k) for k in ("nnodes", "node_rank", "nproc_per_node", "master_addr",
-                                               "master_port", "launcher")}
+    overrides = {
+        k: getattr(args, k) for k in ("nnodes", "node_rank", "nproc_per_node", "master_addr", "master_port", "launcher")
+    }
     try:
         launch = resolve_launch(launch, overrides=overrides)
     except (ConfigError, ValueError) as exc:
@@ -119,8 +121,9 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
         problems += shard_problems(train_dir, progress=True)[1]
     if val_dir is not None:
         if _index(val_dir) is None:
-            problems.append(f"{val_dir}: no shard index for {profile}.validation.split={split!r} "
-                            "(null disables validation)")
+            problems.append(
+                f"{val_dir}: no shard index for {profile}.validation.split={split!r} (null disables validation)"
+            )
         else:
             problems += shard_problems(val_dir, progress=True)[1]
     samples = int(index["samples"]) if index else None

@@ -130,6 +130,14 @@ def test_benchmark_runs_on_cuda() -> None:
     from ast_model.bench_device import run
 
     lines: list[str] = []
-    results = run(device="cuda", models=["ast_t"], precisions=["autocast_bf16"], modes=["eager"], smoke=True,
-                  warmup=1, repeats=2, print_fn=lines.append)
+    results = run(
+        device="cuda",
+        models=["ast_t"],
+        precisions=["autocast_bf16"],
+        modes=["eager"],
+        smoke=True,
+        warmup=1,
+        repeats=2,
+        print_fn=lines.append,
+    )
     assert all(not r.note and r.peak_gib and r.peak_gib > 0 for r in results.values())

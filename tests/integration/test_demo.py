@@ -54,12 +54,21 @@ def demo(tmp_path) -> tuple[str, Path]:
     checkpoint = save_checkpoint(create_model("ast_t", **TINY), tmp_path / "tiny.pt")
     port = _free_port()
     log = tmp_path / "demo.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+    }
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.demo", "--model", str(checkpoint),
-                                 "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.demo", "--model", str(checkpoint), "--port", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + START_S

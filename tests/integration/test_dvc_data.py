@@ -43,8 +43,10 @@ def repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the stages' `python` is this venv's
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site-cache"),
-        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
         "PYTHONPATH": str(work),
     }
     _run(["git", "init", "-q"], work, env)
@@ -75,8 +77,20 @@ def test_dvc_repro_shard_builds_verified_shards_and_is_then_up_to_date(repo) -> 
     name = next(iter(datasets))
     first = next(iter(make_eval_loader(work / "data/shards" / name / "test")))
     assert first["input"].shape[:2] == (1, 3) and "degradation" in first["meta"]
-    batch = next(iter(make_train_loader(work / "data/shards" / name / "train", patch_size=64, batch_size=2,
-                                        batches_per_epoch=1, num_workers=0, seed=0, rank=0, world_size=1)))
+    batch = next(
+        iter(
+            make_train_loader(
+                work / "data/shards" / name / "train",
+                patch_size=64,
+                batch_size=2,
+                batches_per_epoch=1,
+                num_workers=0,
+                seed=0,
+                rank=0,
+                world_size=1,
+            )
+        )
+    )
     assert batch[0].shape == (2, 3, 64, 64)
 
     again = _run([dvc, "repro", "shard"], work, env)
@@ -87,8 +101,12 @@ def test_dvc_repro_shard_builds_verified_shards_and_is_then_up_to_date(repo) -> 
 
 def _fake_outputs(work: Path, tasks: list[str]) -> None:
     """Stand-ins for every stage's outputs, so `dvc commit` can record the pipeline without running it."""
-    for folder in ("data/prepared/x", "data/shards/embedded_rain/test", "data/shards/embedded_raindrop/test",
-                   "data/shards/embedded_haze/test"):
+    for folder in (
+        "data/prepared/x",
+        "data/shards/embedded_rain/test",
+        "data/shards/embedded_raindrop/test",
+        "data/shards/embedded_haze/test",
+    ):
         (work / folder).mkdir(parents=True, exist_ok=True)
         (work / folder / "f").write_text("x")
     for task in tasks:

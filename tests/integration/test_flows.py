@@ -47,8 +47,9 @@ class Stack:
 
 
 def _cli(stack: Stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=stack.repo, env=stack.env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], cwd=stack.repo, env=stack.env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:
@@ -65,9 +66,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, torch_extensions_dir: Path) 
     logs = base / "logs"
     logs.mkdir()
     prefect_port, mlflow_port = servers.free_port(), servers.free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "MLFLOW_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
-                                                                       "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_"))
+        and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env = git_env(env)
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # prefect, dvc, mlflow and the stages' python
@@ -88,21 +92,46 @@ def stack(tmp_path_factory: pytest.TempPathFactory, torch_extensions_dir: Path) 
     try:
         mlflow_root = base / "mlflow"
         mlflow_root.mkdir()
-        started.append(servers.start(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{mlflow_root / 'mlflow.db'}",
-             "--artifacts-destination", str(mlflow_root / "artifacts")], logs / "mlflow.log", env, mlflow_root))
-        started.append(servers.start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                      str(prefect_port)], logs / "prefect-server.log", env, base))
+        started.append(
+            servers.start(
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(mlflow_port),
+                    "--workers",
+                    "1",
+                    "--backend-store-uri",
+                    f"sqlite:///{mlflow_root / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    str(mlflow_root / "artifacts"),
+                ],
+                logs / "mlflow.log",
+                env,
+                mlflow_root,
+            )
+        )
+        started.append(
+            servers.start(
+                [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+                logs / "prefect-server.log",
+                env,
+                base,
+            )
+        )
         servers.wait_http(f"http://127.0.0.1:{mlflow_port}/health", started[0], logs / "mlflow.log", SERVER_START_S)
-        servers.wait_http(f"http://127.0.0.1:{prefect_port}/api/health", started[1], logs / "prefect-server.log",
-                          SERVER_START_S)
+        servers.wait_http(
+            f"http://127.0.0.1:{prefect_port}/api/health", started[1], logs / "prefect-server.log", SERVER_START_S
+        )
         s = Stack(repo, env, env["PREFECT_API_URL"], env["MLFLOW_TRACKING_URI"], logs)
         _ok(_cli(s, "prefect", "work-pool", "create", POOL, "--type", "process"))
         deployed = _ok(_cli(s, "prefect", "--no-prompt", "deploy", "--name", "local"))
         assert "ast-pipeline/local" in deployed and "ast-train-node/local" in deployed, deployed
-        started.append(servers.start([str(BIN / "prefect"), "worker", "start", "--pool", POOL],
-                                     logs / "worker.log", env, repo))
+        started.append(
+            servers.start([str(BIN / "prefect"), "worker", "start", "--pool", POOL], logs / "worker.log", env, repo)
+        )
         yield s
     finally:
         for proc in reversed(started):  # the worker (and any flow run it started) first
@@ -112,8 +141,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, torch_extensions_dir: Path) 
 def _api(stack: Stack, path: str, body: dict[str, Any] | None = None) -> Any:
     """GET (no body) or POST a JSON body to the Prefect REST API."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(stack.api + path, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        stack.api + path,
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -126,8 +159,11 @@ def _task_runs(stack: Stack, flow_run_id: str) -> dict[str, dict]:
 def _logs(stack: Stack, flow_run_ids: list[str]) -> list[str]:
     lines, offset = [], 0
     while True:
-        page = _api(stack, "/logs/filter", {"logs": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200,
-                                            "offset": offset, "sort": "TIMESTAMP_ASC"})
+        page = _api(
+            stack,
+            "/logs/filter",
+            {"logs": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200, "offset": offset, "sort": "TIMESTAMP_ASC"},
+        )
         lines += [entry["message"] for entry in page]
         if len(page) < 200:
             return lines
@@ -137,8 +173,19 @@ def _logs(stack: Stack, flow_run_ids: list[str]) -> list[str]:
 def _deployment_run(stack: Stack, parameters: dict[str, Any], log_name: str) -> tuple[int, str, float]:
     """``prefect deployment run ast-pipeline/local --params ... --watch``: (exit status, flow run id, seconds)."""
     start = time.monotonic()
-    result = _cli(stack, "prefect", "deployment", "run", PIPELINE, "--params", json.dumps(parameters), "--watch",
-                  "--watch-timeout", str(RUN_TIMEOUT_S), timeout=RUN_TIMEOUT_S + 60)
+    result = _cli(
+        stack,
+        "prefect",
+        "deployment",
+        "run",
+        PIPELINE,
+        "--params",
+        json.dumps(parameters),
+        "--watch",
+        "--watch-timeout",
+        str(RUN_TIMEOUT_S),
+        timeout=RUN_TIMEOUT_S + 60,
+    )
     seconds = time.monotonic() - start
     out = result.stdout + result.stderr
     (stack.logs / f"{log_name}.log").write_text(out)
@@ -189,7 +236,8 @@ def test_deployment_run_on_two_node_deployments_registers_and_leaves_dvc_clean(s
     from pipelines.gate import RegistryRecord
 
     status, run_id, seconds = _deployment_run(
-        stack, {"overrides": TINY_OVERRIDES, "nodes": 2, "node_runner": "deployment"}, "pipeline")
+        stack, {"overrides": TINY_OVERRIDES, "nodes": 2, "node_runner": "deployment"}, "pipeline"
+    )
     logs = _logs(stack, [run_id])
     assert status == 0, "\n".join(logs[-80:])
     print(f"deployment run of the tiny pipeline (2 training nodes as 2 flow runs): {seconds:.1f} s")
@@ -255,8 +303,10 @@ def _kill_rank0_after(repo: Path, step: int, since: float, stop: threading.Event
 
 def test_two_local_nodes_resume_from_the_checkpoint_after_a_node_dies(stack: Stack) -> None:
     steps = 40
-    overrides = {**TINY_OVERRIDES, "tasks": {TINY_TASK: {"dataset": TINY_DATASET,
-                                                         "train": {"phases": [{**TINY_PHASE, "steps": steps}]}}}}
+    overrides = {
+        **TINY_OVERRIDES,
+        "tasks": {TINY_TASK: {"dataset": TINY_DATASET, "train": {"phases": [{**TINY_PHASE, "steps": steps}]}}},
+    }
     stop, killed = threading.Event(), {}
     watcher = threading.Thread(target=_kill_rank0_after, args=(stack.repo, 8, time.time(), stop, killed), daemon=True)
     watcher.start()
@@ -292,7 +342,9 @@ def _stage_processes(repo: Path) -> list[str]:
 
 def test_cancelling_a_flow_run_stops_its_stage_processes(stack: Stack) -> None:
     overrides = {**TINY_OVERRIDES, "train.phases": [{**TINY_PHASE, "steps": 5000}]}  # minutes: still running
-    created = _ok(_cli(stack, "prefect", "deployment", "run", PIPELINE, "--params", json.dumps({"overrides": overrides})))
+    created = _ok(
+        _cli(stack, "prefect", "deployment", "run", PIPELINE, "--params", json.dumps({"overrides": overrides}))
+    )
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", created).group(1)
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while not any("pipelines.stages.train" in c for c in _stage_processes(stack.repo)):

@@ -43,9 +43,11 @@ def test_valid_overrides_plan_all_tasks_and_change_the_params(repo: Path) -> Non
 
 
 def test_the_stage_status_comes_from_dvc_s_message_and_decides_the_retry() -> None:
-    tail = ["train: params.yaml: tasks.rain.train.lrr: unknown key",
-            "ERROR: failed to reproduce 'train@rain': failed to run: python -m pipelines.stages.train --task rain, "
-            "exited with 2"]
+    tail = [
+        "train: params.yaml: tasks.rain.train.lrr: unknown key",
+        "ERROR: failed to reproduce 'train@rain': failed to run: python -m pipelines.stages.train --task rain, "
+        "exited with 2",
+    ]
     assert _dvc_stage_status(tail, 255) == 2
     assert _dvc_stage_status(["ERROR: unexpected error"], 255) == 255
     user, crash = StageFailed("train@rain", 2, tail), StageFailed("train@rain node 1", 247)

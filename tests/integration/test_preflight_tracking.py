@@ -37,16 +37,29 @@ def closed_port() -> int:
 
 def _split(folder: Path, n: int, n_shards: int, size: int = 64, info: dict | None = None) -> None:
     rng = np.random.default_rng(0)
-    records = [ShardSample(f"s{i:03d}", encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
-                           encode_png(im), {"width": size, "height": size}) for i in range(n)]
+    records = [
+        ShardSample(
+            f"s{i:03d}",
+            encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
+            encode_png(im),
+            {"width": size, "height": size},
+        )
+        for i in range(n)
+    ]
     write_split(folder, records, lambda r: r, n_shards=n_shards, info=info or {})
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    params = {"model": {"name": "ast_t"},
-              "train": {"experiment": "dead", "dataset": "tiny", "model_overrides": TINY,
-                        "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 2}]}}
+    params = {
+        "model": {"name": "ast_t"},
+        "train": {
+            "experiment": "dead",
+            "dataset": "tiny",
+            "model_overrides": TINY,
+            "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 2}],
+        },
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     _split(tmp_path / "data/shards/tiny/train", 4, 2)
     _split(tmp_path / "data/shards/tiny/val", 1, 1)
@@ -58,11 +71,11 @@ def project(tmp_path: Path) -> Path:
 
 
 def _run(project: Path, uri: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "AST_CACHE_DIR": str(project / "cache"),
-           "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "AST_CACHE_DIR": str(project / "cache"), "PYTHONPATH": str(REPO)}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=project, env=env, capture_output=True, text=True, timeout=120
+    )
     return proc, time.monotonic() - start
 
 

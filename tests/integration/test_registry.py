@@ -93,9 +93,20 @@ def mlflow_server(tmp_path_factory) -> str:
     """``http://127.0.0.1:<port>`` of a fresh tracking server with served artifacts."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
-    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-           "--workers", "1"]
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
     # Without the job runner and with one worker the server starts in ~5 s as 2 processes (docs/environment.md).
     proc = _start(cmd, root / "server.log", _env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), root)
     try:
@@ -107,8 +118,11 @@ def mlflow_server(tmp_path_factory) -> str:
 
 def _workspace(root: Path) -> Path:
     params = {
-        "train": {"experiment": "tiny", "dataset": "tinyset",
-                  "phases": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}]},
+        "train": {
+            "experiment": "tiny",
+            "dataset": "tinyset",
+            "phases": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}],
+        },
         "register": {"model_name": "{task}-ast"},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -119,15 +133,43 @@ def _register(ws: Path, *, seed: int, psnr: float, run_id: str) -> dict:
     """Save a tiny model as models/tiny/best.pt, write its (stated) test metrics, run the register stage."""
     torch.manual_seed(seed)
     checkpoint = save_checkpoint(create_model("ast_t", **TINY), ws / "models/tiny/best.pt")
-    metrics = {"psnr": psnr, "ssim": 0.8, "input_psnr": 20.0, "input_ssim": 0.6, "protocol": "float",
-               "y_channel": False, "crop_border": 0, "count": 3, "per_image": [], "dataset": "tinyset",
-               "task": "rain", "split": "test", "weights": "best.pt", "variant": "ast_t",
-               "checkpoint_sha256": sha256_file(checkpoint)[0], "test_index_sha256": "0" * 64,
-               "mlflow_run_id": run_id}
+    metrics = {
+        "psnr": psnr,
+        "ssim": 0.8,
+        "input_psnr": 20.0,
+        "input_ssim": 0.6,
+        "protocol": "float",
+        "y_channel": False,
+        "crop_border": 0,
+        "count": 3,
+        "per_image": [],
+        "dataset": "tinyset",
+        "task": "rain",
+        "split": "test",
+        "weights": "best.pt",
+        "variant": "ast_t",
+        "checkpoint_sha256": sha256_file(checkpoint)[0],
+        "test_index_sha256": "0" * 64,
+        "mlflow_run_id": run_id,
+    }
     atomic_write_json(ws / "metrics/tiny.json", metrics)
-    assert register.main(["--params", str(ws / "params.yaml"), "--models", str(ws / "models"),
-                          "--metrics", str(ws / "metrics"), "--reports", str(ws / "reports"),
-                          "--requirements", str(Path(register.__file__).parents[2] / "requirements.txt")]) == 0
+    assert (
+        register.main(
+            [
+                "--params",
+                str(ws / "params.yaml"),
+                "--models",
+                str(ws / "models"),
+                "--metrics",
+                str(ws / "metrics"),
+                "--reports",
+                str(ws / "reports"),
+                "--requirements",
+                str(Path(register.__file__).parents[2] / "requirements.txt"),
+            ]
+        )
+        == 0
+    )
     return json.loads((ws / "reports/tiny/registry.json").read_text())
 
 
@@ -162,22 +204,41 @@ def test_gate_serving_and_ast_restore_against_a_real_server(mlflow_server: str, 
     # `mlflow models serve` of the champion answers a real REST request with the restored image.
     port = _free_port()
     log = tmp_path / "serve.log"
-    serve = _start([str(BIN / "mlflow"), "models", "serve", "--env-manager", "local", "-m", f"models:/{MODEL}@champion",
-                    "-h", "127.0.0.1", "-p", str(port)], log, _env(MLFLOW_TRACKING_URI=mlflow_server), tmp_path)
+    serve = _start(
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "--env-manager",
+            "local",
+            "-m",
+            f"models:/{MODEL}@champion",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        log,
+        _env(MLFLOW_TRACKING_URI=mlflow_server),
+        tmp_path,
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", serve, log, SERVE_START_S)
         image = np.random.default_rng(0).random((20, 36, 3), dtype=np.float32)
         body = json.dumps({"inputs": image.tolist(), "params": {"ensemble": False}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             restored = np.asarray(json.loads(response.read())["predictions"], dtype=np.float32)
         assert restored.shape == image.shape and 0 <= restored.min() and restored.max() <= 1
         np.testing.assert_allclose(restored, restore_image(champion, image), atol=1e-5)
 
-        bad = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                     data=json.dumps({"inputs": (image * 255).tolist()}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        bad = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": (image * 255).tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(bad, timeout=60)
         assert error.value.code == 400 and "divide by 255" in error.value.read().decode()
@@ -188,9 +249,22 @@ def test_gate_serving_and_ast_restore_against_a_real_server(mlflow_server: str, 
     (tmp_path / "in").mkdir()
     photo = (np.random.default_rng(1).random((18, 22, 3)) * 255).astype(np.uint8)
     Image.fromarray(photo).save(tmp_path / "in" / "photo.png")
-    result = subprocess.run([sys.executable, "-m", "pipelines.model_source", str(tmp_path / "in"), str(tmp_path / "out"),
-                             "--model", f"models:/{MODEL}@champion", "--quiet"],
-                            env=_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.model_source",
+            str(tmp_path / "in"),
+            str(tmp_path / "out"),
+            "--model",
+            f"models:/{MODEL}@champion",
+            "--quiet",
+        ],
+        env=_env(MLFLOW_TRACKING_URI=mlflow_server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     expected = to_uint8(restore_image(champion, photo.astype(np.float32) / 255))
     with Image.open(tmp_path / "out" / "photo.png") as out:

@@ -86,8 +86,9 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) ->
 
 def _post(port: int, payload: dict | bytes, timeout: float = 120) -> tuple[int, str]:
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=data, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode()
@@ -123,21 +124,54 @@ def registered(tmp_path_factory) -> dict:
         client = MlflowClient(uri)
         run_id = client.create_run(experiment_id(client, "tiny"), run_name="train-train").info.run_id
         client.set_terminated(run_id, "FINISHED")
-        params = {"train": {"experiment": "tiny", "dataset": "tinyset",
-                            "phases": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}]},
-                  "register": {"model_name": "{task}-ast"}}
+        params = {
+            "train": {
+                "experiment": "tiny",
+                "dataset": "tinyset",
+                "phases": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}],
+            },
+            "register": {"model_name": "{task}-ast"},
+        }
         (root / "params.yaml").write_text(yaml.safe_dump(params))
         torch.manual_seed(0)
         checkpoint = save_checkpoint(create_model("ast_t", **TINY), root / "models/tiny/best.pt")
-        metrics = {"psnr": 28.0, "ssim": 0.8, "input_psnr": 20.0, "input_ssim": 0.6, "protocol": "float",
-                   "y_channel": False, "crop_border": 0, "count": 3, "per_image": [], "dataset": "tinyset",
-                   "task": "rain", "split": "test", "weights": "best.pt", "variant": "ast_t",
-                   "checkpoint_sha256": sha256_file(checkpoint)[0], "test_index_sha256": "0" * 64,
-                   "tracking_run_id": run_id}
+        metrics = {
+            "psnr": 28.0,
+            "ssim": 0.8,
+            "input_psnr": 20.0,
+            "input_ssim": 0.6,
+            "protocol": "float",
+            "y_channel": False,
+            "crop_border": 0,
+            "count": 3,
+            "per_image": [],
+            "dataset": "tinyset",
+            "task": "rain",
+            "split": "test",
+            "weights": "best.pt",
+            "variant": "ast_t",
+            "checkpoint_sha256": sha256_file(checkpoint)[0],
+            "test_index_sha256": "0" * 64,
+            "tracking_run_id": run_id,
+        }
         atomic_write_json(root / "metrics/tiny.json", metrics)
-        assert register.main(["--params", str(root / "params.yaml"), "--models", str(root / "models"),
-                              "--metrics", str(root / "metrics"), "--reports", str(root / "reports"),
-                              "--requirements", str(REPO / "requirements.txt")]) == 0
+        assert (
+            register.main(
+                [
+                    "--params",
+                    str(root / "params.yaml"),
+                    "--models",
+                    str(root / "models"),
+                    "--metrics",
+                    str(root / "metrics"),
+                    "--reports",
+                    str(root / "reports"),
+                    "--requirements",
+                    str(REPO / "requirements.txt"),
+                ]
+            )
+            == 0
+        )
         result = json.loads((root / "reports/tiny/registry.json").read_text())
     finally:
         os.chdir(old_cwd)
@@ -173,8 +207,13 @@ def test_the_version_carries_onnx_with_its_parity_and_runs_without_torch(registe
         "np.save(sys.argv[2], session.run(None, {'image': np.load(sys.argv[3])})[0])\n"
     )
     root = registered["root"]
-    subprocess.run([sys.executable, "-c", code, str(root / "pulled"), str(root / "y.npy"), str(root / "x.npy")],
-                   env=_env(registered["uri"]), check=True, timeout=300, cwd=root)
+    subprocess.run(
+        [sys.executable, "-c", code, str(root / "pulled"), str(root / "y.npy"), str(root / "x.npy")],
+        env=_env(registered["uri"]),
+        check=True,
+        timeout=300,
+        cwd=root,
+    )
     from ast_model import load_checkpoint
 
     with torch.inference_mode():
@@ -192,18 +231,46 @@ def test_served_champion_answers_a_png_like_ast_restore_and_rejects_bad_requests
         Image.fromarray(pixels).save(tmp_path / "in" / f"{name}.png")
 
     # What ast-restore (the installed entry point: models:/ resolved in pipelines) writes for these files.
-    restore = subprocess.run([sys.executable, "-m", "pipelines.model_source", str(tmp_path / "in"),
-                              str(tmp_path / "out"), "--model", f"models:/{MODEL}@champion", "--quiet"],
-                             env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    restore = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.model_source",
+            str(tmp_path / "in"),
+            str(tmp_path / "out"),
+            "--model",
+            f"models:/{MODEL}@champion",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert restore.returncode == 0, restore.stderr
 
     port = _free_port()
     log = tmp_path / "serve.log"
-    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    cmd = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{MODEL}@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with open(log, "wb") as fh:
-        serve = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-                                 start_new_session=True)
+        serve = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True
+        )
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", serve, log, SERVE_START_S)
         for name, pixels in (("small", small), ("large", large)):

@@ -59,8 +59,9 @@ def _split(folder: Path, n: int, n_shards: int, seed: int) -> None:
         clean = np.kron(base, np.ones((16, 16, 1)))  # (128, 128, 3)
         noisy = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1)
         to8 = lambda a: np.rint(a * 255).astype(np.uint8)  # noqa: E731
-        records.append(ShardSample(f"p{i:03d}", encode_png(to8(noisy)), encode_png(to8(clean)),
-                                   {"width": 128, "height": 128}))
+        records.append(
+            ShardSample(f"p{i:03d}", encode_png(to8(noisy)), encode_png(to8(clean)), {"width": 128, "height": 128})
+        )
     write_split(folder, records, lambda r: r, n_shards=n_shards, info={"dataset": "tiny"})
 
 
@@ -136,11 +137,18 @@ def test_one_process_torchrun_zero0_tracks_one_run_and_exports_plain_weights(wor
     assert summary["steps"] == 20 and summary["world_size"] == 1
 
     # The final weights load through ast_model alone: DeepSpeed is never imported.
-    code = ("import sys, ast_model, torch; m = ast_model.load_checkpoint(sys.argv[1]);"
-            "y = m.eval()(torch.rand(1, 3, 40, 56)); assert y.shape == (1, 3, 40, 56);"
-            "assert 'deepspeed' not in sys.modules; print(type(m).__name__, m.config.embed_dim)")
-    check = subprocess.run([sys.executable, "-c", code, str(model_dir / "final.pt")], env=_env(),
-                           capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, ast_model, torch; m = ast_model.load_checkpoint(sys.argv[1]);"
+        "y = m.eval()(torch.rand(1, 3, 40, 56)); assert y.shape == (1, 3, 40, 56);"
+        "assert 'deepspeed' not in sys.modules; print(type(m).__name__, m.config.embed_dim)"
+    )
+    check = subprocess.run(
+        [sys.executable, "-c", code, str(model_dir / "final.pt")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert check.returncode == 0 and check.stdout.split() == ["AST", "8"], check.stderr[-2000:]
 
     # Exactly one MLflow run, in the embedded store at the repo root, with everything the issue asks for.

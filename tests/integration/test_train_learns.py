@@ -29,11 +29,20 @@ def _params(ws: Path) -> Path:
     default = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
     params = {
         "model": {"name": "ast_t", "bottleneck_shift": False},
-        "data": {"datasets": {"haze": {"source": "embedded", "task": "haze"}},
-                 "max_nodes": 1, "max_procs_per_node": 1, "max_workers": 1},
-        "prepare": {"embedded": {"short_side": 96, "crop_scale": [0.3, 1.0],
-                                 "photos": {"train": ["astronaut", "chelsea", "rocket"], "val": ["coffee"]},
-                                 "variants": {"train": 8, "val": 2}}},
+        "data": {
+            "datasets": {"haze": {"source": "embedded", "task": "haze"}},
+            "max_nodes": 1,
+            "max_procs_per_node": 1,
+            "max_workers": 1,
+        },
+        "prepare": {
+            "embedded": {
+                "short_side": 96,
+                "crop_scale": [0.3, 1.0],
+                "photos": {"train": ["astronaut", "chelsea", "rocket"], "val": ["coffee"]},
+                "variants": {"train": 8, "val": 2},
+            }
+        },
         "shard": {"samples_per_shard": 8},
         "train": {
             "experiment": "learns",
@@ -58,9 +67,24 @@ def test_a_short_run_beats_its_input_on_validation(tmp_path: Path, torch_extensi
     shard.run(params, tmp_path / "prepared", tmp_path / "shards")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "pipelines.stages.train", "--params", str(params), "--profile", "train",
-           "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "models"),
-           "--checkpoints", str(tmp_path / "ckpt"), "--launcher", "none", "--no-mlflow"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.stages.train",
+        "--params",
+        str(params),
+        "--profile",
+        "train",
+        "--shards",
+        str(tmp_path / "shards"),
+        "--out",
+        str(tmp_path / "models"),
+        "--checkpoints",
+        str(tmp_path / "ckpt"),
+        "--launcher",
+        "none",
+        "--no-mlflow",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 

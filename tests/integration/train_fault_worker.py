@@ -40,12 +40,22 @@ def main(mode: str, out: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     cfg = TrainConfig(
         phases=[PhaseConfig(patch_size=64, batch_size=2 * world, lr=1e-3, steps=12)],
-        save_every=4, log_every=2, schedule=ScheduleConfig(warmup_steps=2),
+        save_every=4,
+        log_every=2,
+        schedule=ScheduleConfig(warmup_steps=2),
     )
     spec = RunSpec(
-        train=cfg, profile="fault", model_name="ast_t", model_kwargs={"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
-        phases=resolve_phases(cfg, world_size=world, train_samples=None), world_size=world, train_dir="",
-        val_dir=None, out_dir=str(Path(out) / "models"), ckpt_dir=str(Path(out) / "ckpt"), timeout_s=60,
+        train=cfg,
+        profile="fault",
+        model_name="ast_t",
+        model_kwargs={"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
+        phases=resolve_phases(cfg, world_size=world, train_samples=None),
+        world_size=world,
+        train_dir="",
+        val_dir=None,
+        out_dir=str(Path(out) / "models"),
+        ckpt_dir=str(Path(out) / "ckpt"),
+        timeout_s=60,
     )
     fault_rank = int(os.environ.get("FAULT_RANK", "0"))
     train(spec, data=FaultyData(mode, rank == fault_rank, rank))

@@ -76,7 +76,8 @@ def test_entropy_is_the_mean_over_layers_of_head_means_of_row_entropies() -> Non
 
     hooks = [
         m.register_forward_pre_hook(keep_inputs(name), with_kwargs=True)
-        for name, m in model.named_modules() if name.endswith(".attn")
+        for name, m in model.named_modules()
+        if name.endswith(".attn")
     ]
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -85,7 +86,7 @@ def test_entropy_is_the_mean_over_layers_of_head_means_of_row_entropies() -> Non
         h.remove()
     layer_means = []
     for name, calls in captured.items():
-        (win, mask), = calls
+        ((win, mask),) = calls
         a = dict(model.named_modules())[name].attention_matrix(win, mask)  # (B*nW, h, N, N)
         p = a / a.sum(-1, keepdim=True)
         ent = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (B*nW, h, N); NaN where the row is empty

@@ -95,8 +95,11 @@ def test_bf16_autocast_optimizer_steps_keep_fp32_masters() -> None:
 def test_whole_bf16_model_fast_matches_reference() -> None:
     """DeepSpeed's bf16 mode: the model itself in bf16, no autocast (everything computes in bf16)."""
     torch.manual_seed(13)
-    model = _randomise(ast_model.create_model("ast_t", embed_dim=8, depths=[1] * 9, drop_path_rate=0.0),
-                       scale=0.02).train().bfloat16()
+    model = (
+        _randomise(ast_model.create_model("ast_t", embed_dim=8, depths=[1] * 9, drop_path_rate=0.0), scale=0.02)
+        .train()
+        .bfloat16()
+    )
     x = torch.rand(2, 3, 128, 128, dtype=torch.bfloat16)
     out_fast, g_fast = _step(model, x, "fast", autocast=False)
     out_ref, g_ref = _step(model, x, "reference", autocast=False)

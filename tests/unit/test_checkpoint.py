@@ -38,7 +38,7 @@ def test_official_checkpoint_file_loads_strictly_and_infers_variant(variant: str
     assert not model.training
     loaded = model.state_dict()
     for key, value in sd.items():
-        assert torch.equal(loaded[project_key(key[len("module."):])], value)  # official `mlp` is our `ffn`
+        assert torch.equal(loaded[project_key(key[len("module.") :])], value)  # official `mlp` is our `ffn`
 
 
 def test_bare_state_dict_without_prefix_and_explicit_variant() -> None:

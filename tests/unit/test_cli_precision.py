@@ -40,8 +40,22 @@ def test_bf16_on_cpu_restores_within_bf16_rounding_of_fp32(checkpoint: Path, ima
     outs = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
-        assert main([str(image_dir), str(out), "--model", str(checkpoint), "--device", "cpu",
-                     "--precision", precision, "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    str(image_dir),
+                    str(out),
+                    "--model",
+                    str(checkpoint),
+                    "--device",
+                    "cpu",
+                    "--precision",
+                    precision,
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         outs[precision] = {p.name: _pixels(p) for p in sorted(out.iterdir())}
     assert outs["fp32"].keys() == outs["bf16"].keys() and len(outs["fp32"]) == 2
     for name, want in outs["fp32"].items():

@@ -56,8 +56,9 @@ def test_deterministic_per_seed_and_different_across_seeds(clean: np.ndarray, sa
 @pytest.mark.parametrize("angle", [60.0, 75.0, 90.0, 105.0, 120.0])
 def test_streaks_are_oriented_as_configured(angle: float) -> None:
     layers = [
-        deg.rain_layer((96, 96), {"density": 0.3, "length": 15, "angle": angle, "width": 0.6, "keep": 0.15,
-                                  "noise_seed": seed})
+        deg.rain_layer(
+            (96, 96), {"density": 0.3, "length": 15, "angle": angle, "width": 0.6, "keep": 0.15, "noise_seed": seed}
+        )
         for seed in range(4)
     ]
     measured = _orientation(layers)
@@ -90,8 +91,16 @@ def test_haze_lowers_contrast_and_brightens_far_regions(clean: np.ndarray) -> No
 
 
 def test_raindrops_change_only_inside_drops(clean: np.ndarray) -> None:
-    drop = {"cy": 20.0, "cx": 30.0, "radius": 6.0, "aspect": 1.0, "angle": 0.0, "magnification": 2.0,
-            "blur": 1.0, "feather": 0.3}
+    drop = {
+        "cy": 20.0,
+        "cx": 30.0,
+        "radius": 6.0,
+        "aspect": 1.0,
+        "angle": 0.0,
+        "magnification": 2.0,
+        "blur": 1.0,
+        "feather": 0.3,
+    }
     out = deg.apply_drops(clean, {"drops": [drop]})
     ys, xs = np.mgrid[0:48, 0:64]
     outside = (ys - 20) ** 2 + (xs - 30) ** 2 > 7**2

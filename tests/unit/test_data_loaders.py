@@ -46,8 +46,9 @@ def _ids(loader) -> tuple[int, list[int]]:
 
 def test_batches_have_the_promised_shape_range_and_pairing(tmp_path: Path) -> None:
     shards = _textured_split(tmp_path, 6, 2)
-    loader = make_train_loader(shards, patch_size=16, batch_size=3, batches_per_epoch=5, num_workers=0, seed=0,
-                               rank=0, world_size=1)
+    loader = make_train_loader(
+        shards, patch_size=16, batch_size=3, batches_per_epoch=5, num_workers=0, seed=0, rank=0, world_size=1
+    )
     assert len(loader) == 5
     batches = list(loader)
     assert len(batches) == 5
@@ -60,20 +61,31 @@ def test_batches_have_the_promised_shape_range_and_pairing(tmp_path: Path) -> No
 
 def test_patch_equal_to_the_image_side_works_and_larger_fails(tmp_path: Path) -> None:
     shards = _textured_split(tmp_path, 2, 1, h=16, w=24)
-    loader = make_train_loader(shards, patch_size=16, batch_size=2, batches_per_epoch=2, num_workers=0, seed=0,
-                               rank=0, world_size=1)
+    loader = make_train_loader(
+        shards, patch_size=16, batch_size=2, batches_per_epoch=2, num_workers=0, seed=0, rank=0, world_size=1
+    )
     assert all(inp.shape[-2:] == (16, 16) for inp, _ in loader)
     with pytest.raises(ShardError, match="patch_size 17 exceeds the smallest image"):
-        make_train_loader(shards, patch_size=17, batch_size=2, batches_per_epoch=2, num_workers=0, seed=0,
-                          rank=0, world_size=1)
+        make_train_loader(
+            shards, patch_size=17, batch_size=2, batches_per_epoch=2, num_workers=0, seed=0, rank=0, world_size=1
+        )
 
 
 def test_same_seed_same_batches_other_seed_or_epoch_different(tmp_path: Path) -> None:
     shards = _textured_split(tmp_path, 8, 2)
 
     def first(seed: int, epoch: int = 0) -> torch.Tensor:
-        loader = make_train_loader(shards, patch_size=12, batch_size=2, batches_per_epoch=3, num_workers=0,
-                                   seed=seed, epoch=epoch, rank=0, world_size=1)
+        loader = make_train_loader(
+            shards,
+            patch_size=12,
+            batch_size=2,
+            batches_per_epoch=3,
+            num_workers=0,
+            seed=seed,
+            epoch=epoch,
+            rank=0,
+            world_size=1,
+        )
         return torch.cat([inp for inp, _ in loader])
 
     assert torch.equal(first(1), first(1))
@@ -83,8 +95,9 @@ def test_same_seed_same_batches_other_seed_or_epoch_different(tmp_path: Path) ->
 
 def test_each_iteration_is_a_new_epoch_unless_set_epoch(tmp_path: Path) -> None:
     shards = _textured_split(tmp_path, 8, 2)
-    loader = make_train_loader(shards, patch_size=12, batch_size=2, batches_per_epoch=2, num_workers=0, seed=0,
-                               rank=0, world_size=1)
+    loader = make_train_loader(
+        shards, patch_size=12, batch_size=2, batches_per_epoch=2, num_workers=0, seed=0, rank=0, world_size=1
+    )
     e0, e1 = torch.cat([i for i, _ in loader]), torch.cat([i for i, _ in loader])
     assert not torch.equal(e0, e1)
     loader.set_epoch(0)
@@ -97,8 +110,16 @@ def test_two_ranks_read_disjoint_samples_and_the_same_number_of_batches(tmp_path
     shards = _flat_split(tmp_path, 9, 4)
     seen = []
     for rank in (0, 1):
-        loader = make_train_loader(shards, patch_size=8, batch_size=2, batches_per_epoch=12,
-                                   num_workers=num_workers, seed=0, rank=rank, world_size=2)
+        loader = make_train_loader(
+            shards,
+            patch_size=8,
+            batch_size=2,
+            batches_per_epoch=12,
+            num_workers=num_workers,
+            seed=0,
+            rank=rank,
+            world_size=2,
+        )
         seen.append(_ids(loader))
     (n0, ids0), (n1, ids1) = seen
     assert n0 == n1 == 12
@@ -116,8 +137,9 @@ def test_workers_of_one_rank_read_disjoint_shards() -> None:
 def test_too_few_shards_for_ranks_times_workers_fails_clearly(tmp_path: Path) -> None:
     shards = _flat_split(tmp_path, 4, 2)
     with pytest.raises(ShardError, match=r"2 shard\(s\) for 2 rank\(s\) x 2 worker\(s\) = 4 readers"):
-        make_train_loader(shards, patch_size=8, batch_size=1, batches_per_epoch=1, num_workers=2, seed=0,
-                          rank=0, world_size=2)
+        make_train_loader(
+            shards, patch_size=8, batch_size=1, batches_per_epoch=1, num_workers=2, seed=0, rank=0, world_size=2
+        )
 
 
 def test_train_loader_verifies_its_shards(tmp_path: Path) -> None:
@@ -127,11 +149,13 @@ def test_train_loader_verifies_its_shards(tmp_path: Path) -> None:
     data[700] ^= 0xFF
     path.write_bytes(bytes(data))
     # Rank 0 reads shard 0 only: fine. Rank 1 reads the damaged shard 1.
-    make_train_loader(shards, patch_size=8, batch_size=1, batches_per_epoch=1, num_workers=0, seed=0,
-                      rank=0, world_size=2)
+    make_train_loader(
+        shards, patch_size=8, batch_size=1, batches_per_epoch=1, num_workers=0, seed=0, rank=0, world_size=2
+    )
     with pytest.raises(ShardError, match="shard-000001.tar"):
-        make_train_loader(shards, patch_size=8, batch_size=1, batches_per_epoch=1, num_workers=0, seed=0,
-                          rank=1, world_size=2)
+        make_train_loader(
+            shards, patch_size=8, batch_size=1, batches_per_epoch=1, num_workers=0, seed=0, rank=1, world_size=2
+        )
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -33,8 +33,12 @@ def test_write_then_read_is_bit_exact(tmp_path: Path) -> None:
     index = _write(tmp_path, records, 3)
     assert [s["samples"] for s in index["shards"]] == [3, 2, 2]
     assert index["samples"] == 7 and index["min_height"] == 12 and index["min_width"] == 20
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "shard-000000.tar", "shard-000001.tar",
-                                                          "shard-000002.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "index.json",
+        "shard-000000.tar",
+        "shard-000001.tar",
+        "shard-000002.tar",
+    ]
     # Tar members are the PNG bytes exactly as given.
     with tarfile.open(tmp_path / "shard-000000.tar") as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
@@ -82,8 +86,10 @@ def test_missing_shard_and_missing_index(tmp_path: Path) -> None:
         read_index(tmp_path)
 
 
-@pytest.mark.parametrize(("n", "per", "minimum", "expected"), [(10, 64, 1, 1), (130, 64, 1, 3), (60, 64, 8, 8),
-                                                                (8, 1, 8, 8), (100, 10, 4, 10)])
+@pytest.mark.parametrize(
+    ("n", "per", "minimum", "expected"),
+    [(10, 64, 1, 1), (130, 64, 1, 3), (60, 64, 8, 8), (8, 1, 8, 8), (100, 10, 4, 10)],
+)
 def test_shard_count(n: int, per: int, minimum: int, expected: int) -> None:
     assert shard_count(n, per, minimum) == expected
 
@@ -129,7 +135,13 @@ def test_tar_members_are_readable_by_plain_tarfile(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "shard-000000.tar") as tar:
         names = tar.getnames()
         # One sample's members are adjacent (WebDataset groups consecutive members by key).
-        assert names == ["s000.input.png", "s000.json", "s000.target.png", "s001.input.png", "s001.json",
-                         "s001.target.png"]
+        assert names == [
+            "s000.input.png",
+            "s000.json",
+            "s000.target.png",
+            "s001.input.png",
+            "s001.json",
+            "s001.target.png",
+        ]
         assert all(m.mtime == 0 for m in tar.getmembers())
         assert decode_image(tar.extractfile("s001.target.png").read()).shape == (12, 20, 3)

@@ -166,8 +166,13 @@ def test_folders_broken_dataset_lists_every_file(tmp_path: Path) -> None:
     with pytest.raises(SourceError) as err:
         read_split(DatasetSpec(source="folders", task="rain", root=str(tmp_path)), "test", ".")
     message = str(err.value)
-    for fragment in ("lonely.png: missing partner", "orphan.png: missing partner", "input/corrupt.png: unreadable",
-                     "input/small.png is 8x8", "input/gray.png: odd channels: mode L"):
+    for fragment in (
+        "lonely.png: missing partner",
+        "orphan.png: missing partner",
+        "input/corrupt.png: unreadable",
+        "input/small.png is 8x8",
+        "input/gray.png: odd channels: mode L",
+    ):
         assert fragment in message, message
     assert message.startswith(f"dataset folders (folders at {tmp_path}), split test (.): 5 problem(s)")
 

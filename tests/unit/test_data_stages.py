@@ -62,8 +62,11 @@ def test_prepare_and_shard_build_the_documented_layout(tmp_path: Path) -> None:
     params = _params(tmp_path, real)
     prepared, shards = tmp_path / "prepared", tmp_path / "shards"
     summary = prepare.run(params, prepared)
-    assert summary == {"tiny_rain": {"train": 4, "test": 1}, "tiny_haze": {"train": 4, "test": 1},
-                       "real": {"train": 3, "test": 3}}
+    assert summary == {
+        "tiny_rain": {"train": 4, "test": 1},
+        "tiny_haze": {"train": 4, "test": 1},
+        "real": {"train": 3, "test": 3},
+    }
     manifest = json.loads((prepared / "tiny_haze/test/manifest.json").read_text())
     record = manifest["samples"][0]
     assert record["meta"]["degradation"]["depth"] == "disparity"
@@ -87,8 +90,20 @@ def test_prepare_and_shard_build_the_documented_layout(tmp_path: Path) -> None:
     assert samples[1]["meta"]["input_name"] == "test/input/img1.png" and samples[1]["meta"]["task"] == "rain"
     embedded = next(iter(make_eval_loader(shards / "tiny_rain/test")))
     assert embedded["meta"]["degradation"]["model"] == "rain_streaks"
-    batch = next(iter(make_train_loader(shards / "tiny_rain/train", patch_size=16, batch_size=2,
-                                        batches_per_epoch=1, num_workers=0, seed=0, rank=0, world_size=2)))
+    batch = next(
+        iter(
+            make_train_loader(
+                shards / "tiny_rain/train",
+                patch_size=16,
+                batch_size=2,
+                batches_per_epoch=1,
+                num_workers=0,
+                seed=0,
+                rank=0,
+                world_size=2,
+            )
+        )
+    )
     assert batch[0].shape == (2, 3, 16, 16)
 
 
@@ -110,8 +125,11 @@ def test_too_few_train_samples_for_the_largest_run_fails_before_writing(tmp_path
     prepare.run(params, tmp_path / "prepared")
     with pytest.raises(ShardError) as err:
         shard.run(params, tmp_path / "prepared", tmp_path / "shards")
-    for problem in ("dataset tiny_rain, split train: 4 samples cannot fill 8 shards",
-                    "dataset tiny_haze, split train: 4 samples", "dataset real, split train: 3 samples"):
+    for problem in (
+        "dataset tiny_rain, split train: 4 samples cannot fill 8 shards",
+        "dataset tiny_haze, split train: 4 samples",
+        "dataset real, split train: 3 samples",
+    ):
         assert problem in str(err.value)
     assert not (tmp_path / "shards").exists() or not any((tmp_path / "shards").iterdir())
 

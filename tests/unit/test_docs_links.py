@@ -24,8 +24,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SUFFIXES = (".py", ".md", ".yaml", ".yml")
 # Folders never scanned when git cannot list the files (outputs, environments, caches, data).
-_WALK_SKIP = {".git", ".venv", "mlartifacts", "mlruns", "data", "models", "outputs", "checkpoints", "reports",
-              ".dvc", ".cache", "__pycache__", ".pytest_cache", "dvc_plots", "node_modules"}
+_WALK_SKIP = {
+    ".git",
+    ".venv",
+    "mlartifacts",
+    "mlruns",
+    "data",
+    "models",
+    "outputs",
+    "checkpoints",
+    "reports",
+    ".dvc",
+    ".cache",
+    "__pycache__",
+    ".pytest_cache",
+    "dvc_plots",
+    "node_modules",
+}
 
 # `docs/<path>` not preceded by a path or word character (so `reports/docs/x` is not a citation); the path
 # ends in a word character, so a sentence's full stop is not part of it.
@@ -41,7 +56,13 @@ FENCE = re.compile(r"^ {0,3}(```|~~~)")
 # stale citations does not report this file.
 _NOTES = ["AST" + "-SPEC", "RECIPES", "DATA", "DESIGN", "ENV"]
 PRIVATE_NOTES = re.compile(
-    r"\b(?:" + _NOTES[0] + r"(?:\.md)?\b|(?:" + "|".join(_NOTES[1:]) + r")\.md\b)|(?:\.\./)+" + "shared" + r"\b|/work/"
+    r"\b(?:"
+    + _NOTES[0]
+    + r"(?:\.md)?\b|(?:"
+    + "|".join(_NOTES[1:])
+    + r")\.md\b)|(?:\.\./)+"
+    + "shared"
+    + r"\b|/work/"
     + "shared"
 )
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
@@ -55,7 +76,9 @@ def repo_files(root: Path) -> list[Path]:
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         names = [n for n in out.split("\0") if n]
     except (OSError, subprocess.CalledProcessError):
@@ -182,8 +205,8 @@ def test_every_docs_citation_and_relative_link_resolves(files: list[Path]) -> No
 
 def test_nothing_cites_the_private_notes(files: list[Path]) -> None:
     hits = private_note_citations(ROOT, files)
-    assert not hits, (
-        "cite the docs/ page that holds this knowledge instead (docs/README.md lists them):\n" + "\n".join(hits)
+    assert not hits, "cite the docs/ page that holds this knowledge instead (docs/README.md lists them):\n" + "\n".join(
+        hits
     )
 
 
@@ -201,7 +224,7 @@ def named_paths(text: str) -> list[str]:
             continue
         brace = re.search(r"\{([^{}]*)\}", path)
         options = brace.group(1).split(",") if brace else [""]
-        out += [path[: brace.start()] + o + path[brace.end():] if brace else path for o in options]
+        out += [path[: brace.start()] + o + path[brace.end() :] if brace else path for o in options]
     return out
 
 

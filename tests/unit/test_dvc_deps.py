@@ -86,13 +86,21 @@ def test_every_imported_repo_module_is_a_dep(name: str, stage: dict) -> None:
         pytest.skip(f"{name} runs no repo module")
     deps = [REPO / d for d in stage.get("deps", []) if "${" not in d]
     # An empty package __init__ changes nothing; once it holds code it must be listed like any module.
-    missing = sorted(str(f.relative_to(REPO)) for f in closure(match.group(1))
-                     if f.stat().st_size and not any(f == d or d in f.parents for d in deps))
+    missing = sorted(
+        str(f.relative_to(REPO))
+        for f in closure(match.group(1))
+        if f.stat().st_size and not any(f == d or d in f.parents for d in deps)
+    )
     assert not missing, f"dvc.yaml stage {name!r} imports these without listing them in deps: {missing}"
 
 
 def test_the_closure_sees_lazy_imports() -> None:
     """The checker must follow imports inside functions (the stages import lazily), or it proves nothing."""
     files = {str(p.relative_to(REPO)) for p in closure("pipelines.stages.evaluate")}
-    assert {"pipelines/stages/evaluate.py", "ast_model/eval/evaluate.py", "ast_model/artifacts.py",
-            "pipelines/tracking.py", "ast_model/__init__.py"} <= files
+    assert {
+        "pipelines/stages/evaluate.py",
+        "ast_model/eval/evaluate.py",
+        "ast_model/artifacts.py",
+        "pipelines/tracking.py",
+        "ast_model/__init__.py",
+    } <= files

@@ -66,8 +66,15 @@ def test_check_section_keeps_going_with_defaults_so_value_checks_can_run(tmp_pat
 # ------------------------------------------------------------------------------------ the train stage
 def _split(folder: Path, n: int, n_shards: int, size: int = 64) -> None:
     rng = np.random.default_rng(0)
-    records = [ShardSample(f"s{i:03d}", encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
-                           encode_png(im), {"width": size, "height": size}) for i in range(n)]
+    records = [
+        ShardSample(
+            f"s{i:03d}",
+            encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
+            encode_png(im),
+            {"width": size, "height": size},
+        )
+        for i in range(n)
+    ]
     write_split(folder, records, lambda r: r, n_shards=n_shards, info={})
 
 
@@ -82,14 +89,35 @@ def shards(tmp_path: Path, monkeypatch) -> Path:
 def _train(tmp_path: Path, shards: Path, params: dict, *extra: str) -> int:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    return train_stage.main(["--params", str(path), "--shards", str(shards), "--out", str(tmp_path / "models"),
-                             "--checkpoints", str(tmp_path / "ckpt"), "--no-mlflow", *extra])
+    return train_stage.main(
+        [
+            "--params",
+            str(path),
+            "--shards",
+            str(shards),
+            "--out",
+            str(tmp_path / "models"),
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+            "--no-mlflow",
+            *extra,
+        ]
+    )
 
 
 def test_a_profile_lists_type_and_value_problems_together_under_its_own_name(tmp_path, shards, capsys) -> None:
-    params = {"model": {"name": "ast_t"}, "train_p1": {
-        "experiment": "p1", "dataset": "tiny", "model_overrides": TINY, "grad_clip": -1.0, "lr_initial": 1,
-        "log_every": "often", "phases": [{"patch_size": 64, "batch_size": 3, "lr": 1e-3, "steps": 4}]}}
+    params = {
+        "model": {"name": "ast_t"},
+        "train_p1": {
+            "experiment": "p1",
+            "dataset": "tiny",
+            "model_overrides": TINY,
+            "grad_clip": -1.0,
+            "lr_initial": 1,
+            "log_every": "often",
+            "phases": [{"patch_size": 64, "batch_size": 3, "lr": 1e-3, "steps": 4}],
+        },
+    }
     assert _train(tmp_path, shards, params, "--profile", "train_p1", "--nproc-per-node", "2") == 2
     err = capsys.readouterr().err
     lines = err.splitlines()

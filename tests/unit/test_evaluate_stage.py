@@ -53,8 +53,11 @@ def repo(tmp_path: Path, tiny_models: tuple[Path, Path], monkeypatch) -> Path:
     """params.yaml, test shards of dataset ``tinyset`` and ``models/tiny/{best,final}.pt`` + summary.json."""
     monkeypatch.chdir(tmp_path)
     params = {
-        "train": {"experiment": "tiny", "dataset": "tinyset", "phases": [{"patch_size": 16, "batch_size": 1,
-                                                                           "lr": 1e-3, "steps": 1}]},
+        "train": {
+            "experiment": "tiny",
+            "dataset": "tinyset",
+            "phases": [{"patch_size": 16, "batch_size": 1, "lr": 1e-3, "steps": 1}],
+        },
         "evaluate": {"sample_grids": 2, "protocol": "matlab", "y_channel": True},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -71,18 +74,44 @@ def repo(tmp_path: Path, tiny_models: tuple[Path, Path], monkeypatch) -> Path:
 
 def _write_summary(model_dir: Path, run_id: str | None, steps: int = 7) -> None:
     """The training summary the train stage would have written (a best model, ``steps`` steps)."""
-    TrainingSummary(experiment="tiny", profile="train", model="ast_t", world_size=1, steps=steps, best_step=steps,
-                    best_path="best.pt", tracking_run_id=run_id).save(model_dir / "summary.json")
+    TrainingSummary(
+        experiment="tiny",
+        profile="train",
+        model="ast_t",
+        world_size=1,
+        steps=steps,
+        best_step=steps,
+        best_path="best.pt",
+        tracking_run_id=run_id,
+    ).save(model_dir / "summary.json")
 
 
 def test_metrics_file_grids_and_scores_match_an_independent_computation(repo: Path) -> None:
     assert evaluate.main(["--no-mlflow", "--quiet"]) == 0
     result = json.loads((repo / "metrics/tiny.json").read_text())
-    for key in ("psnr", "ssim", "input_psnr", "input_ssim", "protocol", "per_image", "count", "dataset", "task",
-                "split", "weights", "checkpoint_sha256", "test_index_sha256", "tracking_run_id"):
+    for key in (
+        "psnr",
+        "ssim",
+        "input_psnr",
+        "input_ssim",
+        "protocol",
+        "per_image",
+        "count",
+        "dataset",
+        "task",
+        "split",
+        "weights",
+        "checkpoint_sha256",
+        "test_index_sha256",
+        "tracking_run_id",
+    ):
         assert key in result, key
-    assert (result["protocol"], result["y_channel"], result["task"], result["weights"]) == ("matlab", True, "rain",
-                                                                                          "best.pt")
+    assert (result["protocol"], result["y_channel"], result["task"], result["weights"]) == (
+        "matlab",
+        True,
+        "rain",
+        "best.pt",
+    )
     assert result["count"] == 3 and [row["key"] for row in result["per_image"]] == list(KEYS)
     assert result["tracking_run_id"] is None and result["training_steps"] == 7
 
@@ -111,8 +140,9 @@ def test_metrics_file_grids_and_scores_match_an_independent_computation(repo: Pa
 
 def test_best_falls_back_to_final_when_training_had_no_validation(repo: Path, capsys) -> None:
     (repo / "models/tiny/best.pt").unlink()
-    TrainingSummary(experiment="tiny", profile="train", model="ast_t", world_size=1, steps=7,
-                    best_path=None).save(repo / "models/tiny/summary.json")
+    TrainingSummary(experiment="tiny", profile="train", model="ast_t", world_size=1, steps=7, best_path=None).save(
+        repo / "models/tiny/summary.json"
+    )
     result = evaluate.run(track=False, progress=False)
     assert result.weights == "final.pt" and "scoring final.pt" in capsys.readouterr().out
 
@@ -157,8 +187,9 @@ def test_bad_params_and_missing_inputs_are_named(repo: Path, capsys) -> None:
 
 
 def test_help() -> None:
-    result = subprocess.run([sys.executable, "-m", "pipelines.stages.evaluate", "--help"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.stages.evaluate", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "--section" in result.stdout and "--no-mlflow" in result.stdout
 
 

@@ -94,8 +94,10 @@ def test_ast_restore_backend_onnxruntime(exported, tmp_path, capsys) -> None:
     (tmp_path / "in").mkdir()
     Image.fromarray((rng.random((40, 70, 3)) * 255).astype(np.uint8)).save(tmp_path / "in" / "a.png")
     ckpt = save_checkpoint(model, tmp_path / "m.pt")
-    assert main([str(tmp_path / "in"), str(tmp_path / "ort"), "--model", str(path), "--backend", "onnxruntime",
-                 "--quiet"]) == 0
+    assert (
+        main([str(tmp_path / "in"), str(tmp_path / "ort"), "--model", str(path), "--backend", "onnxruntime", "--quiet"])
+        == 0
+    )
     assert main([str(tmp_path / "in"), str(tmp_path / "pt"), "--model", str(ckpt), "--quiet"]) == 0
     with Image.open(tmp_path / "ort" / "a.png") as a, Image.open(tmp_path / "pt" / "a.png") as b:
         ort_px, pt_px = np.asarray(a).astype(int), np.asarray(b).astype(int)
@@ -105,8 +107,18 @@ def test_ast_restore_backend_onnxruntime(exported, tmp_path, capsys) -> None:
     assert main([str(tmp_path / "in"), str(tmp_path / "x"), "--model", str(path), "--quiet"]) == 2
     assert "use --backend onnxruntime" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
-        main([str(tmp_path / "in"), str(tmp_path / "x"), "--model", str(path), "--backend", "onnxruntime",
-              "--precision", "bf16"])
+        main(
+            [
+                str(tmp_path / "in"),
+                str(tmp_path / "x"),
+                "--model",
+                str(path),
+                "--backend",
+                "onnxruntime",
+                "--precision",
+                "bf16",
+            ]
+        )
     assert exit_.value.code == 2
 
 
@@ -114,12 +126,14 @@ def test_ast_export_command_errors_are_one_line(tmp_path) -> None:
     cmd = [sys.executable, "-m", "ast_model.export"]
     bad_suffix = subprocess.run(cmd + [str(tmp_path / "m.bin"), "--model", "ast_t"], capture_output=True, text=True)
     assert bad_suffix.returncode == 2 and "name it <something>.onnx" in bad_suffix.stderr
-    missing = subprocess.run(cmd + [str(tmp_path / "m.onnx"), "--model", str(tmp_path / "nope.pt")],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        cmd + [str(tmp_path / "m.onnx"), "--model", str(tmp_path / "nope.pt")], capture_output=True, text=True
+    )
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
     assert missing.stderr.startswith("ast-export: cannot load the model:") and not (tmp_path / "m.onnx").exists()
-    uri = subprocess.run(cmd + [str(tmp_path / "m.onnx"), "--model", "models:/rain-ast@champion"],
-                         capture_output=True, text=True)
+    uri = subprocess.run(
+        cmd + [str(tmp_path / "m.onnx"), "--model", "models:/rain-ast@champion"], capture_output=True, text=True
+    )
     assert uri.returncode == 2 and "resolved by the installed" in uri.stderr
 
 

@@ -28,16 +28,21 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_the_library_imports_no_orchestrator_not_even_lazily() -> None:
-    offenders = {str(p.relative_to(REPO)): sorted(m for m in _imported_modules(p)
-                                                 if m.split(".")[0] in ("mlflow", "prefect", "dvc"))
-                 for p in _library_files()}
+    offenders = {
+        str(p.relative_to(REPO)): sorted(
+            m for m in _imported_modules(p) if m.split(".")[0] in ("mlflow", "prefect", "dvc")
+        )
+        for p in _library_files()
+    }
     assert not {k: v for k, v in offenders.items() if v}, offenders
 
 
 def test_import_ast_model_loads_no_torch_until_a_model_is_touched() -> None:
-    code = ("import sys, ast_model, ast_model.config, ast_model.artifacts, ast_model.eval.metrics;"
-            "assert 'torch' not in sys.modules, 'torch loaded at import';"
-            "ast_model.list_models(); assert 'torch' in sys.modules")
+    code = (
+        "import sys, ast_model, ast_model.config, ast_model.artifacts, ast_model.eval.metrics;"
+        "assert 'torch' not in sys.modules, 'torch loaded at import';"
+        "ast_model.list_models(); assert 'torch' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -64,9 +69,12 @@ def test_no_process_wide_side_effects_outside_entry_points() -> None:
                 if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
                     continue
                 target = ast.unparse(node.func.value)
-                if (node.func.attr == "basicConfig" or (target == "signal" and node.func.attr == "signal")
-                        or (target == "os.environ" and node.func.attr in calls)
-                        or node.func.attr in ("putenv", "mallopt", "set_num_threads")):
+                if (
+                    node.func.attr == "basicConfig"
+                    or (target == "signal" and node.func.attr == "signal")
+                    or (target == "os.environ" and node.func.attr in calls)
+                    or node.func.attr in ("putenv", "mallopt", "set_num_threads")
+                ):
                     found.append(f"{rel}:{node.lineno} {fn.name}: {ast.unparse(node.func)}")
             for node in ast.walk(fn):  # os.environ[...] = ...
                 if isinstance(node, ast.Assign) and any(ast.unparse(t).startswith("os.environ[") for t in node.targets):

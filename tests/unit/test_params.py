@@ -19,11 +19,21 @@ def test_the_repo_params_pass_the_whole_check() -> None:
 
 
 def test_a_task_is_the_shared_profile_with_its_keys_merged_in() -> None:
-    params = {"train": {"loss": "mse", "phases": [{"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": 3}],
-                        "schedule": {"warmup_steps": 2, "min_lr": 1e-6}},
-              "evaluate": {"weights": "final"},
-              "tasks": {"haze": {"dataset": "embedded_haze", "train": {"schedule": {"warmup_steps": 5}},
-                                 "evaluate": {"weights": "best"}}}}
+    params = {
+        "train": {
+            "loss": "mse",
+            "phases": [{"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": 3}],
+            "schedule": {"warmup_steps": 2, "min_lr": 1e-6},
+        },
+        "evaluate": {"weights": "final"},
+        "tasks": {
+            "haze": {
+                "dataset": "embedded_haze",
+                "train": {"schedule": {"warmup_steps": 5}},
+                "evaluate": {"weights": "best"},
+            }
+        },
+    }
     out = task_params(params, "haze")
     assert out["train"]["experiment"] == "haze" and out["train"]["dataset"] == "embedded_haze"
     assert out["train"]["schedule"] == {"warmup_steps": 5, "min_lr": 1e-6}  # mappings merge key by key
@@ -35,8 +45,10 @@ def test_a_task_is_the_shared_profile_with_its_keys_merged_in() -> None:
 
 def test_every_problem_is_named_by_its_key_at_once() -> None:
     params = read_params(REPO / "params.yaml")
-    bad = apply_overrides(params, {"tasks.rain.train.lrr": 1.0, "train.log_every": 0, "evaluate.protocol": "psnr",
-                                   "tasks.haze.dataset": "nope"})
+    bad = apply_overrides(
+        params,
+        {"tasks.rain.train.lrr": 1.0, "train.log_every": 0, "evaluate.protocol": "psnr", "tasks.haze.dataset": "nope"},
+    )
     bad["trian"] = {}
     with pytest.raises(PreflightError) as err:
         check_params(bad, "params.yaml")
@@ -60,8 +72,9 @@ def test_write_overrides_keeps_comments_and_refuses_a_bad_result(tmp_path: Path)
     path = tmp_path / "params.yaml"
     original = (REPO / "params.yaml").read_text(encoding="utf-8")
     path.write_text(original, encoding="utf-8")
-    write_overrides(path, {"tasks.haze.train": {"phases": [{"patch_size": 64, "batch_size": 4, "lr": 2e-3,
-                                                            "steps": 10}]}})
+    write_overrides(
+        path, {"tasks.haze.train": {"phases": [{"patch_size": 64, "batch_size": 4, "lr": 2e-3, "steps": 10}]}}
+    )
     text = path.read_text(encoding="utf-8")
     assert "# The tasks `dvc repro` trains" in text  # comments survive
     assert yaml.safe_load(text)["tasks"]["haze"]["train"]["phases"][0]["lr"] == 2e-3

@@ -28,7 +28,6 @@ GOOD = {
 }
 
 
-
 def flip_byte(path: Path, offset: int = 700) -> None:
     """Corrupt a real tar in place: one byte inverted, same size (only the sha256 can tell)."""
     data = bytearray(path.read_bytes())
@@ -121,8 +120,20 @@ def test_racy_files_are_not_cached(repo: Path, monkeypatch) -> None:
 def _train(repo: Path, params: dict, *extra: str) -> int:
     path = repo / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    return train_stage.main(["--params", str(path), "--shards", str(repo / "shards"), "--out", str(repo / "models"),
-                             "--checkpoints", str(repo / "ckpt"), "--no-mlflow", *extra])
+    return train_stage.main(
+        [
+            "--params",
+            str(path),
+            "--shards",
+            str(repo / "shards"),
+            "--out",
+            str(repo / "models"),
+            "--checkpoints",
+            str(repo / "ckpt"),
+            "--no-mlflow",
+            *extra,
+        ]
+    )
 
 
 def test_a_corrupt_val_shard_stops_the_train_stage_before_anything_starts(repo: Path, capsys) -> None:
@@ -152,5 +163,11 @@ def test_worker_data_verifies_the_validation_split_before_step_1(repo: Path) -> 
 
     flip_byte(repo / "shards" / "tiny" / "val" / "shard-000000.tar")
     with pytest.raises(ShardError, match=r"val/shard-000000\.tar: shard does not match"):
-        ShardData(repo / "shards" / "tiny" / "train", repo / "shards" / "tiny" / "val", seed=0, num_workers=0,
-                  rank=0, world_size=1)
+        ShardData(
+            repo / "shards" / "tiny" / "train",
+            repo / "shards" / "tiny" / "val",
+            seed=0,
+            num_workers=0,
+            rank=0,
+            world_size=1,
+        )

@@ -105,7 +105,6 @@ def test_max_tile_bounds_auto_tiling_for_any_image_size() -> None:
         RestoreOptions(max_tile=16, overlap=16)
 
 
-
 # ---------------------------------------------------------------------------------------------- the CLI
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
@@ -148,8 +147,12 @@ def test_cli_result_matches_the_library_uint8_path(checkpoint: Path, tmp_path: P
     src = tmp_path / "a.png"
     image = _image(90, 130, np.uint8)
     Image.fromarray(image).save(src)
-    assert main([str(src), str(tmp_path / "out"), "--model", str(checkpoint), "--tile", "64", "--overlap", "16",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [str(src), str(tmp_path / "out"), "--model", str(checkpoint), "--tile", "64", "--overlap", "16", "--quiet"]
+        )
+        == 0
+    )
     opts = RestoreOptions(tile=64, overlap=16)
     expected = restore_image(load_checkpoint(checkpoint), image, opts, out_dtype=np.uint8)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a.png")), expected)

@@ -54,8 +54,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_degradation_free_pairs_leave_the_loader_identical(shards: Path, num_workers: int) -> None:
-    loader = make_train_loader(shards, patch_size=24, batch_size=3, batches_per_epoch=6,
-                               num_workers=num_workers, seed=5)
+    loader = make_train_loader(
+        shards, patch_size=24, batch_size=3, batches_per_epoch=6, num_workers=num_workers, seed=5
+    )
     batches = list(loader)
     assert len(batches) == 6
     for x, y in batches:
@@ -85,7 +86,13 @@ def test_a_real_degradation_differs_on_the_same_path(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(params))
     prepare.run(path, tmp_path / "prepared")
     shard.run(path, tmp_path / "prepared", tmp_path / "shards")
-    loader = make_train_loader(tmp_path / "shards" / "clean_rain" / "train", patch_size=24, batch_size=3,
-                               batches_per_epoch=2, num_workers=0, seed=5)
+    loader = make_train_loader(
+        tmp_path / "shards" / "clean_rain" / "train",
+        patch_size=24,
+        batch_size=3,
+        batches_per_epoch=2,
+        num_workers=0,
+        seed=5,
+    )
     diffs = [float((x - y).abs().mean()) for x, y in loader]
     assert np.mean(diffs) > 0.01

@@ -17,9 +17,18 @@ from pipelines import curves
 
 def _rows(gains: list[float]) -> list[dict[str, float]]:
     return [
-        {"step": 50.0 * (i + 1), "images": 200.0 * (i + 1), "train_seconds": 30.0 * (i + 1), "train_loss": 0.01,
-         "val_psnr": 22.0 + g, "val_ssim": 0.80 + g / 100, "input_psnr": 22.0, "input_ssim": 0.80,
-         "gain_psnr_db": g, "gain_ssim": g / 100}
+        {
+            "step": 50.0 * (i + 1),
+            "images": 200.0 * (i + 1),
+            "train_seconds": 30.0 * (i + 1),
+            "train_loss": 0.01,
+            "val_psnr": 22.0 + g,
+            "val_ssim": 0.80 + g / 100,
+            "input_psnr": 22.0,
+            "input_ssim": 0.80,
+            "gain_psnr_db": g,
+            "gain_ssim": g / 100,
+        }
         for i, g in enumerate(gains)
     ]
 
@@ -40,8 +49,12 @@ def test_curves_writes_one_csv_per_task_and_a_png(tmp_path: Path, capsys: pytest
     write_history(_rows([0.2, 0.9]), tmp_path / "rain.csv")
     write_history(_rows([1.0, 3.5]), tmp_path / "haze.csv")
     out = tmp_path / "report"
-    assert curves.main(["--run", f"rain={tmp_path / 'rain.csv'}", "--run", f"haze={tmp_path / 'haze.csv'}",
-                        "--out", str(out)]) == 0
+    assert (
+        curves.main(
+            ["--run", f"rain={tmp_path / 'rain.csv'}", "--run", f"haze={tmp_path / 'haze.csv'}", "--out", str(out)]
+        )
+        == 0
+    )
     assert read_history(out / "haze.csv")[-1]["gain_psnr_db"] == 3.5
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "haze: step 100: PSNR 22.00 -> 25.50 dB (+3.50)" in capsys.readouterr().out

@@ -25,8 +25,13 @@ def _ds(precision: str, zero: int = 0) -> dict:
 
 def test_each_precision_maps_to_one_deepspeed_section() -> None:
     sections = {p: {k for k in ("bf16", "fp16", "torch_autocast") if k in _ds(p)} for p in PRECISIONS}
-    assert sections == {"fp32": set(), "bf16": {"bf16"}, "fp16": {"fp16"},
-                        "autocast_bf16": {"torch_autocast"}, "autocast_fp16": {"torch_autocast"}}
+    assert sections == {
+        "fp32": set(),
+        "bf16": {"bf16"},
+        "fp16": {"fp16"},
+        "autocast_bf16": {"torch_autocast"},
+        "autocast_fp16": {"torch_autocast"},
+    }
 
 
 @pytest.mark.parametrize("precision,dtype", [("autocast_bf16", "bfloat16"), ("autocast_fp16", "float16")])
@@ -53,14 +58,19 @@ def test_deepspeed_parses_the_autocast_section() -> None:
 
 def test_fp16_variants_need_a_gpu_and_autocast_bf16_does_not() -> None:
     for precision in ("fp16", "autocast_fp16"):
-        problems = check_config(_cfg(precision=precision), world_size=1, train_samples=None, num_shards=None,
-                                has_gpu=False)
+        problems = check_config(
+            _cfg(precision=precision), world_size=1, train_samples=None, num_shards=None, has_gpu=False
+        )
         assert any(f"train.precision={precision} needs a GPU" in p for p in problems)
-        assert check_config(_cfg(precision=precision), world_size=1, train_samples=None, num_shards=None,
-                            has_gpu=True) == []
+        assert (
+            check_config(_cfg(precision=precision), world_size=1, train_samples=None, num_shards=None, has_gpu=True)
+            == []
+        )
     for precision in ("fp32", "bf16", "autocast_bf16"):
-        assert check_config(_cfg(precision=precision), world_size=1, train_samples=None, num_shards=None,
-                            has_gpu=False) == []
+        assert (
+            check_config(_cfg(precision=precision), world_size=1, train_samples=None, num_shards=None, has_gpu=False)
+            == []
+        )
 
 
 def test_precision_and_compile_are_typed_keys() -> None:

@@ -21,7 +21,6 @@ GOOD = {
 }
 
 
-
 @pytest.fixture()
 def repo(tmp_path: Path) -> Path:
     write_tiny_split(tmp_path / "shards" / "tiny" / "train", 4, 2)
@@ -32,8 +31,19 @@ def repo(tmp_path: Path) -> Path:
 def _main(repo: Path, params: dict, *extra: str) -> int:
     path = repo / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    return stage.main(["--params", str(path), "--shards", str(repo / "shards"), "--out", str(repo / "models"),
-                       "--checkpoints", str(repo / "ckpt"), *extra])
+    return stage.main(
+        [
+            "--params",
+            str(path),
+            "--shards",
+            str(repo / "shards"),
+            "--out",
+            str(repo / "models"),
+            "--checkpoints",
+            str(repo / "ckpt"),
+            *extra,
+        ]
+    )
 
 
 def test_good_config_passes_the_check_and_prints_the_plan(repo: Path, capsys) -> None:
@@ -44,8 +54,15 @@ def test_good_config_passes_the_check_and_prints_the_plan(repo: Path, capsys) ->
 
 
 def test_every_problem_is_named_and_nothing_starts(repo: Path, capsys) -> None:
-    bad = {**GOOD, "train": {**GOOD["train"], "num_workers": 1, "precision": "fp16",
-                             "phases": [{"patch_size": 128, "batch_size": 3, "lr": 1e-3, "steps": 4}]}}
+    bad = {
+        **GOOD,
+        "train": {
+            **GOOD["train"],
+            "num_workers": 1,
+            "precision": "fp16",
+            "phases": [{"patch_size": 128, "batch_size": 3, "lr": 1e-3, "steps": 4}],
+        },
+    }
     assert _main(repo, bad, "--nproc-per-node", "3") == 2
     err = capsys.readouterr().err
     assert "batch_size=3 does not divide into world size 3" not in err  # 3 / (3 x 1) divides

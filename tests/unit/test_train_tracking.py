@@ -31,8 +31,12 @@ def test_tracking_uri_is_absolute_sqlite_unless_the_environment_says(tmp_path: P
 
 def test_flatten_nests_dicts_and_lists_of_dicts() -> None:
     flat = flatten({"train": {"phases": [{"patch_size": 64}, {"patch_size": 128}], "betas": [0.9, 0.999]}, "x": None})
-    assert flat == {"train.phases.0.patch_size": "64", "train.phases.1.patch_size": "128",
-                    "train.betas": "[0.9, 0.999]", "x": "None"}
+    assert flat == {
+        "train.phases.0.patch_size": "64",
+        "train.phases.1.patch_size": "128",
+        "train.betas": "[0.9, 0.999]",
+        "x": "None",
+    }
 
 
 def test_data_version_comes_from_dvc_lock_and_the_index(tmp_path: Path) -> None:
@@ -52,8 +56,13 @@ def test_data_version_comes_from_dvc_lock_and_the_index(tmp_path: Path) -> None:
 def test_git_tags(tmp_path: Path) -> None:
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     assert git_tags(tmp_path) == {}  # not a repository
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "PATH": "/usr/bin:/bin"}
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "PATH": "/usr/bin:/bin",
+    }
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run(["git", "add", "dvc.yaml"], cwd=tmp_path, check=True)
     subprocess.run(["git", "commit", "-qm", "x"], cwd=tmp_path, check=True, env=env)

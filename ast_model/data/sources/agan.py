@@ -55,7 +55,5 @@ def scan(root: Path, subset: str) -> tuple[list[PairRef], list[str]]:
         problems.append(f"{inputs[index]}: missing partner (no target with index {index} in {tg_dir})")
     for index in sorted(set(targets) - set(inputs)):
         problems.append(f"{targets[index]}: missing partner (no input with index {index} in {in_dir})")
-    pairs = [
-        PairRef(f"{subset}_{i}", inputs[i], targets[i], {"index": i}) for i in sorted(set(inputs) & set(targets))
-    ]
+    pairs = [PairRef(f"{subset}_{i}", inputs[i], targets[i], {"index": i}) for i in sorted(set(inputs) & set(targets))]
     return pairs, problems
