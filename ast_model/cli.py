@@ -2,7 +2,7 @@
 
 Examples::
 
-    ast-restore photos/ out/ --model models:/derain-ast@champion
+    ast-restore photos/ out/ --model models:/rain-ast@champion
     ast-restore 'shots/*.jpg' one.png out/ --model ast_b --weights AST_B_spad.pth --ensemble
     python -m ast_model.cli big.tif out/ --model models/derain/final.pt --tile 512 --device cuda
     ast-restore photos/ out/ --model rain.onnx --backend onnxruntime
