@@ -1,8 +1,9 @@
 """The bodies of the ``prepare`` and ``shard`` stages, one dataset at a time.
 
 ``pipelines/stages/{prepare,shard}.py`` call these (DVC runs those stages, and the Prefect flows run them
-through DVC); they know nothing of either orchestrator. Every dataset folder is built in a hidden staging folder and renamed into place
-when complete, so an interrupted run leaves the previous complete version or nothing.
+through DVC); they know nothing of either orchestrator. Every dataset folder is built in a hidden staging
+folder and renamed into place when complete, so an interrupted run leaves the previous complete version or
+nothing.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Photos come from scikit-image (colour: astronaut, chelsea, coffee, rocket, the stereo motorcycle with its
 disparity map, i.e. real depth; grayscale photos and textures used as RGB: camera, brick, grass, gravel,
 coins, moon, immunohistochemistry) and, optionally, scikit-learn (china, flower) and matplotlib
-(grace_hopper); both of those arrive with mlflow. ``params.yaml`` (``prepare.embedded.photos``) picks them. Every pair is one random crop of one photo, resized so
-its short side is ``short_side``, degraded by the task's model. Splits are by photo: no photo is in two
-splits, so a test score never measures memorised scenery.
+(grace_hopper); both of those arrive with mlflow. ``params.yaml`` (``prepare.embedded.photos``) picks them.
+Every pair is one random crop of one photo, resized so its short side is ``short_side``, degraded by the
+task's model. Splits are by photo: no photo is in two splits, so a test score never measures memorised
+scenery.
 """
 
 from __future__ import annotations
