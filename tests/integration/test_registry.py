@@ -150,7 +150,7 @@ def _register(ws: Path, *, seed: int, psnr: float, run_id: str) -> dict:
         "variant": "ast_t",
         "checkpoint_sha256": sha256_file(checkpoint)[0],
         "test_index_sha256": "0" * 64,
-        "mlflow_run_id": run_id,
+        "tracking_run_id": run_id,
     }
     atomic_write_json(ws / "metrics/tiny.json", metrics)
     assert (
