@@ -10,8 +10,9 @@ from ast_model.data.files import encode_png
 from ast_model.data.shards import ShardSample, write_split
 
 
-def write_tiny_split(folder: Path, n: int, n_shards: int, size: int = 64) -> None:
-    """Write ``n`` seeded ``size x size`` pairs as ``n_shards`` shards with an index into ``folder``."""
+def write_tiny_split(folder: Path, n: int, n_shards: int, size: int = 64, info: dict | None = None) -> None:
+    """Write ``n`` seeded ``size x size`` pairs as ``n_shards`` shards with an index into ``folder``
+    (``info``: the index's dataset fields, e.g. ``{"task": "rain"}``)."""
     rng = np.random.default_rng(0)
     records = [
         ShardSample(
@@ -22,4 +23,4 @@ def write_tiny_split(folder: Path, n: int, n_shards: int, size: int = 64) -> Non
         )
         for i in range(n)
     ]
-    write_split(folder, records, lambda r: r, n_shards=n_shards, info={})
+    write_split(folder, records, lambda r: r, n_shards=n_shards, info=info or {})

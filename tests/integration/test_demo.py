@@ -15,7 +15,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 from PIL import Image
 
 from ast_model import create_model, save_checkpoint
+from tests.servers import free_port as _free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("gradio", reason="the demo needs Gradio (pip install 'ast-pipeline[demo]')")
@@ -39,12 +39,6 @@ CHROMIUM = os.environ.get("AST_CHROMIUM") or shutil.which("chromium") or shutil.
 TINY = dict(embed_dim=8, depths=[1] * 9, win_size=4)
 START_S = 120
 RESULT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -13,14 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from ast_model import create_model, save_checkpoint
-from ast_model.data.files import encode_png
-from ast_model.data.shards import ShardSample, write_split
+from tests.shards import write_tiny_split as _split
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"embed_dim": 8, "depths": [1] * 9, "win_size": 4}
@@ -33,20 +31,6 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]  # closed on exit: nothing listens there afterwards
-
-
-def _split(folder: Path, n: int, n_shards: int, size: int = 64, info: dict | None = None) -> None:
-    rng = np.random.default_rng(0)
-    records = [
-        ShardSample(
-            f"s{i:03d}",
-            encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
-            encode_png(im),
-            {"width": size, "height": size},
-        )
-        for i in range(n)
-    ]
-    write_split(folder, records, lambda r: r, n_shards=n_shards, info=info or {})
 
 
 @pytest.fixture

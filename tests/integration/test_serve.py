@@ -21,11 +21,8 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,6 +35,9 @@ from PIL import Image
 
 from ast_model import create_model, save_checkpoint
 from ast_model.data.files import atomic_write_json, sha256_file
+from tests.servers import free_port as _free_port
+from tests.servers import stop as _stop
+from tests.servers import wait_http as _wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("mlflow")
@@ -48,40 +48,6 @@ BIN = Path(sys.executable).parent  # mlflow, and the uvicorn that `mlflow models
 TINY = dict(embed_dim=8, depths=[1] * 9, win_size=4)  # pads to multiples of 64
 SERVE_START_S = 180
 MODEL = "rain-ast"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL after 15 s."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args[:4]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} not up after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
 def _post(port: int, payload: dict | bytes, timeout: float = 120) -> tuple[int, str]:

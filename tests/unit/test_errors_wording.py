@@ -22,6 +22,7 @@ from ast_model.data.shards import ShardSample, write_split
 from pipelines.errors import PreflightError, format_error
 from pipelines.stages import evaluate as evaluate_stage
 from pipelines.stages import train as train_stage
+from tests.shards import write_tiny_split as _split
 
 TINY = {"embed_dim": 8, "depths": [1] * 9, "win_size": 4}
 
@@ -64,20 +65,6 @@ def test_check_section_keeps_going_with_defaults_so_value_checks_can_run(tmp_pat
 
 
 # ------------------------------------------------------------------------------------ the train stage
-def _split(folder: Path, n: int, n_shards: int, size: int = 64) -> None:
-    rng = np.random.default_rng(0)
-    records = [
-        ShardSample(
-            f"s{i:03d}",
-            encode_png(im := rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
-            encode_png(im),
-            {"width": size, "height": size},
-        )
-        for i in range(n)
-    ]
-    write_split(folder, records, lambda r: r, n_shards=n_shards, info={})
-
-
 @pytest.fixture
 def shards(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("AST_CACHE_DIR", str(tmp_path / "cache"))
