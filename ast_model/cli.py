@@ -39,7 +39,7 @@ from ast_model.eval.images import IMAGE_SUFFIXES, ImageReadError, read_image, sa
 from ast_model.eval.restore import CPU_AUTO_TILE, RestoreOptions, restore_image
 from ast_model.nn.variants import list_models
 from ast_model.preflight import output_dir_problem
-from ast_model.runtime import tune_allocator
+from ast_model.runtime import resolve_device, tune_allocator
 
 __all__ = ["BACKENDS", "Resolver", "build_parser", "collect_inputs", "load_model", "main"]
 
@@ -365,8 +365,7 @@ def main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = None) 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        auto = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(auto if args.device == "auto" else args.device)
+        device = resolve_device(args.device)  # ValueError (-> usage error) for CUDA where there is none
         options = RestoreOptions(
             tile=args.tile or None,
             overlap=args.overlap,
@@ -381,8 +380,6 @@ def main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = None) 
     if isinstance(args.tile, int) and args.tile > 0 and args.overlap >= args.tile:
         # The tiling would advance by one pixel per pass (the overlap is clamped to tile - 1).
         parser.error(f"--overlap {args.overlap} must be smaller than --tile {args.tile}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available here")
     if args.precision == "fp16" and device.type != "cuda":
         parser.error(f"--precision {args.precision} needs a CUDA device (got {device}); bf16 works on the CPU")
     if args.backend == "onnxruntime":

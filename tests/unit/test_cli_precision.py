@@ -74,6 +74,16 @@ def test_fp16_still_needs_cuda(checkpoint: Path, image_dir: Path, tmp_path: Path
         )
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_a_cuda_device_without_cuda_is_a_usage_error(
+    checkpoint: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([str(image_dir), str(tmp_path / "o"), "--model", str(checkpoint), "--device", "cuda"])
+    assert exc.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
 def test_compile_flag_restores_the_same_images(
     checkpoint: Path, image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
