@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ast_model.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_official, read_checkpoint
 from ast_model.eval.images import IMAGE_SUFFIXES, ImageReadError, read_image, save_png
 from ast_model.eval.restore import CPU_AUTO_TILE, RestoreOptions, restore_image
+from ast_model.nn.ast import AST
 from ast_model.nn.variants import list_models
 from ast_model.preflight import output_dir_problem
 from ast_model.runtime import resolve_device, tune_allocator
@@ -138,7 +139,7 @@ def load_model(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    source: str | Path | nn.Module = spec
+    source: str | os.PathLike | nn.Module = spec
     if _is_uri(spec):
         if weights:
             raise ValueError("--weights cannot be combined with a model URI")
@@ -148,8 +149,8 @@ def load_model(
                 "commands (pipelines, with the [pipeline] extra), not by `python -m ast_model.cli`"
             )
         source = resolve(spec)
-        if isinstance(source, nn.Module):
-            return source.cpu().eval() if backend == "pytorch" else _as_onnx(source.cpu().eval())
+    if isinstance(source, nn.Module):  # a resolver may hand back a ready model
+        return source.cpu().eval() if backend == "pytorch" else _as_onnx(source.cpu().eval())
     if isinstance(source, str) and source in list_models():
         if not weights:
             raise ValueError(f"--model {spec} needs --weights (a project checkpoint or an official .pth)")
@@ -400,7 +401,7 @@ def main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = None) 
     tuned = tune_allocator()
     try:
         model = load_model(args.model, args.weights, backend=args.backend, resolve=resolve).to(device)
-        if args.compile and hasattr(model, "compile_network"):
+        if args.compile and isinstance(model, AST):
             model.compile_network()  # compiles lazily, at the first image / tile of each padded shape
     except (ValueError, OSError, ImportError) as exc:  # CheckpointError is a ValueError; no onnxruntime
         if args.debug:
@@ -421,7 +422,9 @@ def main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = None) 
     for spec in missing:
         print(f"ast-restore: {spec}: no such file, folder or matching image", file=sys.stderr)
     restored = 0
-    bar = tqdm(list(zip(files, _output_names(files, out_dir))), unit="img", disable=args.quiet, file=sys.stderr)
+    bar = tqdm(
+        list(zip(files, _output_names(files, out_dir), strict=True)), unit="img", disable=args.quiet, file=sys.stderr
+    )
     for src, dest in bar:
         bar.set_postfix_str(src.name, refresh=False)
         if dest.resolve() == src:

@@ -40,8 +40,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 from prefect import flow, get_run_logger, task
@@ -200,7 +201,7 @@ def _dvc() -> str:
     return str(exe) if exe.exists() else "dvc"
 
 
-_LIVE: set["Proc"] = set()  # commands running now, for the termination forwarding below
+_LIVE: set[Proc] = set()  # commands running now, for the termination forwarding below
 _TERMINATING = threading.Event()  # set once a termination signal was forwarded: nothing is retried then
 
 
@@ -851,7 +852,7 @@ def train_node(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipelines.flows``: run the ``ast-pipeline`` flow here (Prefect's local API unless a server is set)."""
+    """``python -m pipelines.flows``: run the ``ast-pipeline`` flow here (Prefect's local API, or the set server)."""
     from pipelines.errors import format_error
 
     p = argparse.ArgumentParser(prog="python -m pipelines.flows", description=__doc__.split("\n\n")[0])

@@ -12,8 +12,9 @@ Unlike the official code nothing is square-only: feature maps keep their true ``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -159,12 +160,14 @@ class AST(nn.Module):
         config: the hyper-parameters; see :class:`ASTConfig`.
     """
 
+    variant: str | None = None  # the registered variant it was built as (create_model, load_checkpoint)
+
     def __init__(self, config: ASTConfig) -> None:
         super().__init__()
         self.config = cfg = config
         c, win = cfg.embed_dim, cfg.win_size
         dpr = drop_path_rates(cfg.depths, cfg.drop_path_rate)
-        common = dict(
+        common: dict[str, Any] = dict(
             win_size=win,
             mlp_ratio=cfg.mlp_ratio,
             ffn=cfg.ffn,
@@ -202,17 +205,17 @@ class AST(nn.Module):
         """Both sides are padded to a multiple of this (``16 * win_size``)."""
         return 16 * self.config.win_size
 
-    def set_impl(self, impl: str) -> "AST":
+    def set_impl(self, impl: str) -> AST:
         """Choose ``"fast"`` (default) or ``"reference"`` (spec-literal) attention and feed-forward code."""
         if impl not in ("fast", "reference"):
             raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
         for m in self.modules():
             if hasattr(m, "impl"):
-                m.impl = impl
+                setattr(m, "impl", impl)  # noqa: B010 (a duck-typed attribute of several module classes)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Restore ``x`` ``(B, in_chans, H, W)`` (RGB in [0, 1] for the official weights) -> ``(B, out_chans, H, W)``."""
+        """Restore ``x`` ``(B, in_chans, H, W)`` (RGB in [0, 1] for official weights) -> ``(B, out_chans, H, W)``."""
         if x.dim() != 4 or x.shape[1] != self.config.in_chans:
             raise ValueError(f"expected input (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
@@ -233,7 +236,7 @@ class AST(nn.Module):
 
     def compile_network(
         self, *, backend: str = "inductor", mode: str | None = None, fullgraph: bool = True, inference: bool = True
-    ) -> "AST":
+    ) -> AST:
         """Compile the network with ``torch.compile`` (opt-in; eager stays the default).
 
         The compiled region is everything after the padding, with static shapes: one compilation per

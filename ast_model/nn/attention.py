@@ -20,7 +20,8 @@ variants with their sources and equations.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,8 @@ class WindowAttentionBase(nn.Module):
         attn_drop: dropout on the attention matrix (0 in the paper).
         proj_drop: dropout after the output projection.
     """
+
+    relative_position_index: torch.Tensor  # a buffer (registered in __init__)
 
     windowed = True
 
@@ -271,6 +274,7 @@ class WindowAttention(WindowAttentionBase):
         if activation not in self.ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {self.ACTIVATIONS}")
         self.activation = activation
+        self.act: nn.Module
         if activation == "starrelu":
             self.act = StarReLU()
         elif activation in ("acon", "meta_acon"):

@@ -8,7 +8,8 @@ name, so the ablation variants plug in without touching this file.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -27,6 +28,8 @@ class DropPath(nn.Module):
     buffer is a graph input. Eager mode keeps the float (exact even when a whole-bf16 model has rounded
     the buffer). Only the eval/train switch is a Python branch.
     """
+
+    keep: torch.Tensor  # a 0-d buffer (registered in __init__)
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -168,7 +171,7 @@ class Level(nn.Module):
                 drop,
                 ffn_options,
             )
-            for dp, shift in zip(drop_paths, shifts)
+            for dp, shift in zip(drop_paths, shifts, strict=True)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,7 +180,7 @@ class Level(nn.Module):
         for blk in self.blocks:
             mask = None
             if blk.uses_shift_mask:
-                s = blk.shift_size
+                s = cast(TransformerBlock, blk).shift_size
                 if s not in masks:
                     masks[s] = shift_attention_mask(x.shape[1], x.shape[2], self.win_size, s, x.device).to(x.dtype)
                 mask = masks[s]

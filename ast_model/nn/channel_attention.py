@@ -98,7 +98,7 @@ class ChannelAttention(nn.Module):
         else:
             n = attn.shape[-1]
             out = 0
-            for weight, frac in zip(self.topk_weights, self.TOPK_FRACTIONS):
+            for weight, frac in zip(self.topk_weights, self.TOPK_FRACTIONS, strict=True):
                 index = torch.topk(attn, k=max(1, int(n * frac)), dim=-1).indices
                 keep = torch.zeros_like(attn, dtype=torch.bool).scatter_(-1, index, True)
                 a = attn.masked_fill(~keep, float("-inf")).softmax(dim=-1)

@@ -8,7 +8,8 @@ GDFN, LeFF. ``docs/ablations.md`` lists them with their sources and equations.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -90,13 +91,15 @@ class FRFN(nn.Module):
         conv = to_features(self.partial_conv3(to_image(x[..., :c4])))  # (B, H, W, C/4)
         x = torch.cat((conv, x[..., c4:]), dim=-1)  # (B, H, W, C)
         # linear1 as two half-width products: both halves come out contiguous (no split copies).
-        w, b = self.linear1[0].weight, self.linear1[0].bias
+        lin1 = cast(nn.Linear, self.linear1[0])
+        w, b = lin1.weight, lin1.bias
         fused = _fused_inference_dtype(x)
         if fused is not None:
             return self._fused_forward(x, w, b, fused)
         a = F.linear(x, w[:hid], b[:hid])  # (B, H, W, hidden) pre-activations; GELUs run in the tail
         g = F.linear(x, w[hid:], b[hid:])
-        dw, lin2 = self.dwconv[0], self.linear2[0]
+        dw, lin2 = cast(nn.Conv2d, self.dwconv[0]), cast(nn.Linear, self.linear2[0])
+        assert dw.bias is not None  # built with bias=True (the official FRFN)
         return gated_dw_tail(a, g, dw.weight, dw.bias, lin2.weight, lin2.bias)
 
     def _fused_forward(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -108,13 +111,14 @@ class FRFN(nn.Module):
         and weights are cast here, as autocast casts them for the unfused ops.
         """
         bhw, hid = x.shape[:-1], self.hidden_dim
-        dw, lin2 = self.dwconv[0], self.linear2[0]
+        dw, lin2 = cast(nn.Conv2d, self.dwconv[0]), cast(nn.Linear, self.linear2[0])
         with autocast_off(x):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)  # (B*H*W, C)
             w, b = w.to(dtype), b.to(dtype)
             linear_gelu = torch.ops.mkldnn._linear_pointwise
             ga = linear_gelu(x2, w[:hid], b[:hid], "gelu", [], "none").view(*bhw, hid)  # (B, H, W, hidden)
             gg = linear_gelu(x2, w[hid:], b[hid:], "gelu", [], "none").view(*bhw, hid)
+            assert dw.bias is not None  # built with bias=True (the official FRFN)
             gd = torch.ops.mkldnn._convolution_pointwise(
                 to_image(ga), dw.weight.to(dtype), dw.bias.to(dtype), [1, 1], [1, 1], [1, 1], hid, "gelu", [], "none"
             )  # channels-last (B, hidden, H, W)

@@ -22,7 +22,6 @@ Without autocast every cast is a no-op and the fp32 arithmetic is unchanged.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +42,7 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def autocast_off(x: torch.Tensor) -> ContextManager:
+def autocast_off(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """A context with autocast off on ``x``'s device (a no-op context when it is off already)."""
     dev = x.device.type
     if dev in _AUTOCAST_DEVICES and torch.is_autocast_enabled(dev):
@@ -106,7 +105,7 @@ class _AdaptiveSparseAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, w):  # type: ignore[override]
+    def forward(ctx, q, k, v, bias, w):
         mm = compute_dtype(q)
         with autocast_off(q):
             q_, k_, v_ = q.to(mm), k.to(mm), v.to(mm)  # (B, nW, h, N, d), the autocast dtype
@@ -117,7 +116,7 @@ class _AdaptiveSparseAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx, grad_out):
         q, k, v, bias, w = ctx.saved_tensors
         mm, acc = q.dtype, torch.promote_types(q.dtype, bias.dtype)
         with autocast_off(q):
@@ -188,7 +187,7 @@ class _GatedDWTail(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a, g, dw_weight, dw_bias, w2, b2):  # type: ignore[override]
+    def forward(ctx, a, g, dw_weight, dw_bias, w2, b2):
         mm = compute_dtype(a)
         ctx.in_dtypes = tuple(t.dtype for t in (a, g, dw_weight, dw_bias, w2, b2))
         with autocast_off(a):
@@ -199,7 +198,7 @@ class _GatedDWTail(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx, grad_out):
         a, g, dw_weight, dw_bias, w2 = ctx.saved_tensors
         with autocast_off(a):
             grad_out = grad_out.to(a.dtype)
@@ -231,7 +230,7 @@ class _GatedDWTail(torch.autograd.Function):
             del grad_d, ga
             grad_a = torch.ops.aten.gelu_backward(grad_ga.permute(0, 2, 3, 1), a)
         grads = (grad_a, grad_g, grad_dw_w, grad_dw_b, grad_w2, grad_b2)
-        return tuple(t.to(dt) for t, dt in zip(grads, ctx.in_dtypes))
+        return tuple(t.to(dt) for t, dt in zip(grads, ctx.in_dtypes, strict=True))
 
 
 def _dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

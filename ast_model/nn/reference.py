@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def window_scores(
-    mod: "WindowAttentionBase", x: torch.Tensor, mask: torch.Tensor | None
+    mod: WindowAttentionBase, x: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Biased, masked scores ``S`` ``(B*nW, h, N, N)`` (paper Eq. 3) and values ``(B*nW, h, N, d)``.
 
@@ -42,7 +42,7 @@ def window_scores(
     return attn, v
 
 
-def window_attention(mod: "WindowAttentionBase", x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def window_attention(mod: WindowAttentionBase, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Window attention ``proj(f(S) v)`` on windows ``(B*nW, N, C)``, f = ``mod.activate``.
 
     For ASSA f is ``w0 softmax(S) + w1 relu(S)^2`` (paper Eq. 6-7), computed as the official code does.
@@ -55,7 +55,7 @@ def window_attention(mod: "WindowAttentionBase", x: torch.Tensor, mask: torch.Te
     return mod.proj_drop(mod.proj(out))
 
 
-def frfn(mod: "FRFN", x: torch.Tensor) -> torch.Tensor:
+def frfn(mod: FRFN, x: torch.Tensor) -> torch.Tensor:
     """FRFN (paper Eq. 8; docs/model.md#frfn) on ``(B, H, W, C)`` features, with the official NCHW round trips.
 
     The switches of :class:`ast_model.nn.ffn.FRFN` drop the partial conv (``enhance``), the gate
