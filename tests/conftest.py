@@ -11,6 +11,14 @@ def _seed_everything() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def tiny_ast() -> dict:
+    """``create_model`` overrides of the tiny AST the fast tests build (a fresh copy per test)."""
+    from tests.tiny_pipeline import TINY_AST
+
+    return {**TINY_AST, "depths": list(TINY_AST["depths"])}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -19,6 +19,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# The tiny AST every fast test builds: AST-T's shape with 8 channels, one block per level and 4x4 windows
+# (pads to multiples of 64 px, not 128). tests/conftest.py serves it as the `tiny_ast` fixture.
+TINY_AST: dict[str, Any] = {"embed_dim": 8, "depths": [1] * 9, "win_size": 4}
+
 TINY_TASK = "rain"
 TINY_DATASET = "embedded_rain"
 TINY_PHASE = {"patch_size": 64, "batch_size": 4, "lr": 1.0e-3, "steps": 8}

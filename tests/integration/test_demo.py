@@ -29,6 +29,7 @@ from PIL import Image
 
 from ast_model import create_model, save_checkpoint
 from tests.servers import free_port as _free_port
+from tests.tiny_pipeline import TINY_AST as TINY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("gradio", reason="the demo needs Gradio (pip install 'ast-pipeline[demo]')")
@@ -36,7 +37,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test n
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("AST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-TINY = dict(embed_dim=8, depths=[1] * 9, win_size=4)
 START_S = 120
 RESULT_S = 180
 

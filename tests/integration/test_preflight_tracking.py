@@ -19,9 +19,9 @@ import yaml
 
 from ast_model import create_model, save_checkpoint
 from tests.shards import write_tiny_split as _split
+from tests.tiny_pipeline import TINY_AST as TINY
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"embed_dim": 8, "depths": [1] * 9, "win_size": 4}
 BOUND_S = 15.0  # the bound for the whole command, interpreter start-up included
 
 pytestmark = pytest.mark.integration

@@ -32,10 +32,10 @@ from tests.servers import free_port as _free_port
 from tests.servers import start as _start
 from tests.servers import stop as _stop
 from tests.servers import wait_http as _wait_http
+from tests.tiny_pipeline import TINY_AST as TINY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TINY = dict(embed_dim=8, depths=[1] * 9, win_size=4)
 BIN = Path(sys.executable).parent  # mlflow, and the uvicorn that `mlflow models serve` runs through bash
 SERVER_START_S = 90
 SERVE_START_S = 180

@@ -38,6 +38,7 @@ from ast_model.data.files import atomic_write_json, sha256_file
 from tests.servers import free_port as _free_port
 from tests.servers import stop as _stop
 from tests.servers import wait_http as _wait_http
+from tests.tiny_pipeline import TINY_AST as TINY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("mlflow")
@@ -45,7 +46,6 @@ pytest.importorskip("onnxruntime")
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # mlflow, and the uvicorn that `mlflow models serve` runs
-TINY = dict(embed_dim=8, depths=[1] * 9, win_size=4)  # pads to multiples of 64
 SERVE_START_S = 180
 MODEL = "rain-ast"
 

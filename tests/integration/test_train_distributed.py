@@ -24,6 +24,7 @@ import yaml
 
 from ast_model.data.files import encode_png
 from ast_model.data.shards import ShardSample, write_split
+from tests.tiny_pipeline import TINY_AST
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +33,7 @@ TIMEOUT = 300  # no launch in this module takes more than ~30 s; a hang fails in
 
 PROFILE = {
     "dataset": "tiny",
-    "model_overrides": {"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
+    "model_overrides": TINY_AST,
     "phases": [
         {"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": 8},
         {"patch_size": 128, "batch_size": 2, "lr": 5e-4, "steps": 12},

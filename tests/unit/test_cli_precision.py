@@ -12,8 +12,7 @@ from PIL import Image
 from ast_model import create_model, save_checkpoint
 from ast_model.cli import main
 from ast_model.eval.restore import RestoreOptions, restore_image
-
-TINY = dict(embed_dim=8, depths=[1] * 9, win_size=4)
+from tests.tiny_pipeline import TINY_AST as TINY
 
 
 @pytest.fixture(scope="module")

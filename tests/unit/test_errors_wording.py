@@ -23,8 +23,7 @@ from pipelines.errors import PreflightError, format_error
 from pipelines.stages import evaluate as evaluate_stage
 from pipelines.stages import train as train_stage
 from tests.shards import write_tiny_split as _split
-
-TINY = {"embed_dim": 8, "depths": [1] * 9, "win_size": 4}
+from tests.tiny_pipeline import TINY_AST as TINY
 
 
 @dataclass

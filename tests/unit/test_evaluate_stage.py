@@ -19,8 +19,8 @@ from ast_model.data.shards import ShardSample, write_split
 from ast_model.eval.metrics import psnr, ssim
 from ast_model.eval.restore import restore_image
 from pipelines.stages import evaluate
+from tests.tiny_pipeline import TINY_AST as TINY
 
-TINY = dict(embed_dim=8, depths=[1] * 9, win_size=4)  # pads to 64 px, not 128: fast on a shared CPU
 H, W = 24, 32
 KEYS = ("coffee_000", "coffee_001", "motorcycle_000")
 

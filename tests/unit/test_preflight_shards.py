@@ -16,13 +16,14 @@ import ast_model.data.shards as shards_mod
 from ast_model.data.shards import ShardError, shard_problems, verify_shards
 from pipelines.stages import train as train_stage
 from tests.shards import write_tiny_split
+from tests.tiny_pipeline import TINY_AST
 
 GOOD = {
     "model": {"name": "ast_t"},
     "train": {
         "experiment": "pf",
         "dataset": "tiny",
-        "model_overrides": {"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
+        "model_overrides": TINY_AST,
         "phases": [{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 2}],
     },
 }

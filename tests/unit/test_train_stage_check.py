@@ -9,13 +9,14 @@ import yaml
 
 from pipelines.stages import train as stage
 from tests.shards import write_tiny_split
+from tests.tiny_pipeline import TINY_AST
 
 GOOD = {
     "model": {"name": "ast_t"},
     "train": {
         "experiment": "check",
         "dataset": "tiny",
-        "model_overrides": {"embed_dim": 8, "depths": [1] * 9, "win_size": 4},
+        "model_overrides": TINY_AST,
         "phases": [{"patch_size": 64, "batch_size": 4, "lr": 1e-3, "steps": 4}],
     },
 }

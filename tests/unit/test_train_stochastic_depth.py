@@ -13,9 +13,9 @@ from ast_model.nn.ast import drop_path_rates
 from ast_model.nn.blocks import DropPath
 from ast_model.train.distributed import rng_state, set_rng_state
 from pipelines.stages.train import _model
+from tests.tiny_pipeline import TINY_AST as TINY
 
 SPEC_B = Path(__file__).resolve().parents[1] / "data" / "official_ast_state_dict_B.json"
-TINY = dict(embed_dim=8, depths=[1] * 9, win_size=4)
 
 
 def _rates(model: torch.nn.Module) -> list[float]:
