@@ -32,9 +32,9 @@ def test_ast_b_rates_match_the_official_blocks() -> None:
     assert ast_model.model_config("ast_b").drop_path_rate == 0.1  # the rate training uses by default
 
 
-def test_profile_override_reaches_the_model() -> None:
+def test_profile_override_reaches_the_model(tiny_ast: dict) -> None:
     params = {"model": {"name": "ast_t", "bottleneck_shift": False}}
-    name, kwargs, pad = _model(params, "train", None, {**TINY, "drop_path_rate": 0.3}, "params.yaml")
+    name, kwargs, pad = _model(params, "train", None, {**tiny_ast, "drop_path_rate": 0.3}, "params.yaml")
     model = ast_model.create_model(name, **kwargs)
     assert pad == model.pad_multiple == 64
     assert max(_rates(model)) == pytest.approx(0.3) and model.conv.blocks[0].drop_path.p == pytest.approx(0.3)
