@@ -91,3 +91,60 @@ def project_repo(dst: Path) -> Path:
     _run(["git", "add", "-A"], dst, env)
     _run(["git", "commit", "-qm", "project"], dst, env)
     return dst
+
+
+def register_tiny(root: Path, *, seed: int, psnr: float, run_id: str | None) -> tuple[Path, dict[str, Any]]:
+    """Register a tiny model through the real register stage, as if train and evaluate had run.
+
+    Writes ``models/tiny/best.pt`` (a seeded tiny AST) and its stated test scores ``metrics/tiny.json`` (the
+    evaluate stage's typed record) under ``root`` (which holds a params.yaml with a ``train`` profile of
+    experiment ``tiny``), then runs the register stage against the current MLflow store.
+
+    Returns:
+        ``(checkpoint path, reports/tiny/registry.json as a dict)``.
+    """
+    import json
+
+    import torch
+
+    from ast_model import create_model, save_checkpoint
+    from ast_model.artifacts import EvaluationMetrics
+    from ast_model.data.files import sha256_file
+    from pipelines.stages import register
+
+    torch.manual_seed(seed)
+    checkpoint = save_checkpoint(create_model("ast_t", **TINY_AST), root / "models/tiny/best.pt")
+    EvaluationMetrics(
+        psnr=psnr,
+        ssim=0.8,
+        input_psnr=20.0,
+        input_ssim=0.6,
+        protocol="float",
+        y_channel=False,
+        crop_border=0,
+        count=3,
+        per_image=[],
+        experiment="tiny",
+        dataset="tinyset",
+        task="rain",
+        split="test",
+        weights="best.pt",
+        variant="ast_t",
+        checkpoint_sha256=sha256_file(checkpoint)[0],
+        test_index_sha256="0" * 64,
+        tracking_run_id=run_id,
+    ).save(root / "metrics/tiny.json")
+    args = [
+        "--params",
+        str(root / "params.yaml"),
+        "--models",
+        str(root / "models"),
+        "--metrics",
+        str(root / "metrics"),
+        "--reports",
+        str(root / "reports"),
+        "--requirements",
+        str(ROOT / "requirements.txt"),
+    ]
+    assert register.main(args) == 0
+    return checkpoint, json.loads((root / "reports/tiny/registry.json").read_text())

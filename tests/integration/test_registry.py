@@ -19,20 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
-from ast_model import create_model, load_checkpoint, save_checkpoint
-from ast_model.data.files import atomic_write_json, sha256_file
+from ast_model import load_checkpoint
 from ast_model.eval.images import to_uint8
 from ast_model.eval.restore import restore_image
-from pipelines.stages import register
 from tests.servers import free_port as _free_port
 from tests.servers import start as _start
 from tests.servers import stop as _stop
 from tests.servers import wait_http as _wait_http
-from tests.tiny_pipeline import TINY_AST as TINY
+from tests.tiny_pipeline import register_tiny
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -91,46 +88,7 @@ def _workspace(root: Path) -> Path:
 
 def _register(ws: Path, *, seed: int, psnr: float, run_id: str) -> dict:
     """Save a tiny model as models/tiny/best.pt, write its (stated) test metrics, run the register stage."""
-    torch.manual_seed(seed)
-    checkpoint = save_checkpoint(create_model("ast_t", **TINY), ws / "models/tiny/best.pt")
-    metrics = {
-        "psnr": psnr,
-        "ssim": 0.8,
-        "input_psnr": 20.0,
-        "input_ssim": 0.6,
-        "protocol": "float",
-        "y_channel": False,
-        "crop_border": 0,
-        "count": 3,
-        "per_image": [],
-        "dataset": "tinyset",
-        "task": "rain",
-        "split": "test",
-        "weights": "best.pt",
-        "variant": "ast_t",
-        "checkpoint_sha256": sha256_file(checkpoint)[0],
-        "test_index_sha256": "0" * 64,
-        "tracking_run_id": run_id,
-    }
-    atomic_write_json(ws / "metrics/tiny.json", metrics)
-    assert (
-        register.main(
-            [
-                "--params",
-                str(ws / "params.yaml"),
-                "--models",
-                str(ws / "models"),
-                "--metrics",
-                str(ws / "metrics"),
-                "--reports",
-                str(ws / "reports"),
-                "--requirements",
-                str(Path(register.__file__).parents[2] / "requirements.txt"),
-            ]
-        )
-        == 0
-    )
-    return json.loads((ws / "reports/tiny/registry.json").read_text())
+    return register_tiny(ws, seed=seed, psnr=psnr, run_id=run_id)[1]
 
 
 def test_gate_serving_and_ast_restore_against_a_real_server(mlflow_server: str, tmp_path: Path, monkeypatch) -> None:

@@ -33,12 +33,10 @@ import torch
 import yaml
 from PIL import Image
 
-from ast_model import create_model, save_checkpoint
-from ast_model.data.files import atomic_write_json, sha256_file
 from tests.servers import free_port as _free_port
 from tests.servers import stop as _stop
 from tests.servers import wait_http as _wait_http
-from tests.tiny_pipeline import TINY_AST as TINY
+from tests.tiny_pipeline import register_tiny
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("mlflow")
@@ -78,7 +76,6 @@ def registered(tmp_path_factory) -> dict:
     """A SQLite store with ``rain-ast`` v1 @champion (registered by the register stage)."""
     from mlflow import MlflowClient
 
-    from pipelines.stages import register
     from pipelines.tracking import experiment_id
 
     root = tmp_path_factory.mktemp("store")
@@ -99,46 +96,7 @@ def registered(tmp_path_factory) -> dict:
             "register": {"model_name": "{task}-ast"},
         }
         (root / "params.yaml").write_text(yaml.safe_dump(params))
-        torch.manual_seed(0)
-        checkpoint = save_checkpoint(create_model("ast_t", **TINY), root / "models/tiny/best.pt")
-        metrics = {
-            "psnr": 28.0,
-            "ssim": 0.8,
-            "input_psnr": 20.0,
-            "input_ssim": 0.6,
-            "protocol": "float",
-            "y_channel": False,
-            "crop_border": 0,
-            "count": 3,
-            "per_image": [],
-            "dataset": "tinyset",
-            "task": "rain",
-            "split": "test",
-            "weights": "best.pt",
-            "variant": "ast_t",
-            "checkpoint_sha256": sha256_file(checkpoint)[0],
-            "test_index_sha256": "0" * 64,
-            "tracking_run_id": run_id,
-        }
-        atomic_write_json(root / "metrics/tiny.json", metrics)
-        assert (
-            register.main(
-                [
-                    "--params",
-                    str(root / "params.yaml"),
-                    "--models",
-                    str(root / "models"),
-                    "--metrics",
-                    str(root / "metrics"),
-                    "--reports",
-                    str(root / "reports"),
-                    "--requirements",
-                    str(REPO / "requirements.txt"),
-                ]
-            )
-            == 0
-        )
-        result = json.loads((root / "reports/tiny/registry.json").read_text())
+        checkpoint, result = register_tiny(root, seed=0, psnr=28.0, run_id=run_id)
     finally:
         os.chdir(old_cwd)
         if old_uri is None:

@@ -60,7 +60,7 @@ def test_nan_loss_single_process_without_launcher(tmp_path: Path, torch_extensio
         timeout=300,
     )
     assert proc.returncode != 0
-    assert "NonFiniteLossError: non-finite loss at step 7 (stage 0" in proc.stderr
+    assert "NonFiniteLossError: non-finite loss at step 7 (phase 0" in proc.stderr
     assert f"Last good checkpoint: {tmp_path / 'ckpt' / 'step_00000004'} (step 4)" in proc.stderr
     _assert_last_good_checkpoint_intact(tmp_path)
 
@@ -77,7 +77,7 @@ def test_nan_on_one_rank_stops_both(tmp_path: Path, torch_extensions_dir: Path) 
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     # Both ranks stop at the same step with the same message (no rank left waiting in a collective).
-    assert out.count("non-finite loss at step 7 (stage 0") >= 2 and "on 1 of 2 rank(s)" in out
+    assert out.count("non-finite loss at step 7 (phase 0") >= 2 and "on 1 of 2 rank(s)" in out
     _assert_last_good_checkpoint_intact(tmp_path)
 
 

@@ -14,7 +14,8 @@ import torch
 
 from ast_model.train.config import PhaseConfig, ScheduleConfig, TrainConfig, resolve_phases
 from ast_model.train.data import SyntheticData
-from ast_model.train.run import train
+from ast_model.train.distributed import ensure_launcher_env
+from ast_model.train.run import configure_logging, train
 from ast_model.train.spec import RunSpec
 
 
@@ -36,6 +37,10 @@ class FaultyData(SyntheticData):
 
 
 def main(mode: str, out: str) -> None:
+    # An entry point, like the train stage's worker: it sets up the process (a lone process gets launcher
+    # variables; rank-prefixed logging), which the library leaves to its caller.
+    ensure_launcher_env()
+    configure_logging(int(os.environ["RANK"]))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     cfg = TrainConfig(
