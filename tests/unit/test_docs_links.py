@@ -228,12 +228,30 @@ def named_paths(text: str) -> list[str]:
     return out
 
 
+# What the pipeline writes (DVC outputs, stores): absent from a fresh clone until `make run`.
+PIPELINE_OUTPUTS = (
+    "data/prepared",
+    "data/shards",
+    "models/",
+    "metrics/",
+    "reports/",
+    "checkpoints/",
+    "mlflow.db",
+    "mlartifacts",
+    "dvc_plots",
+)
+
+
 def test_paths_named_on_docs_pages_exist() -> None:
     # Files get renamed under the docs' feet; a page that names a missing file misleads its reader.
     missing = []
     for page in sorted((ROOT / "docs").glob("*.md")):
         text = page.read_text(encoding="utf-8")
-        missing += [f"docs/{page.name}: `{p}`" for p in named_paths(text) if not (ROOT / p).exists()]
+        missing += [
+            f"docs/{page.name}: `{p}`"
+            for p in named_paths(text)
+            if not (ROOT / p).exists() and not p.startswith(PIPELINE_OUTPUTS)
+        ]
     assert not missing, "paths named on docs pages that do not exist:\n" + "\n".join(missing)
 
 
