@@ -36,11 +36,11 @@ from tqdm import tqdm
 
 from ast_model.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_official, read_checkpoint
 from ast_model.eval.images import IMAGE_SUFFIXES, ImageReadError, read_image, save_png
-from ast_model.eval.restore import CPU_AUTO_TILE, RestoreOptions, restore_image
+from ast_model.eval.restore import CPU_AUTO_TILE, CPU_WORKER_TILE, RestoreOptions, restore_image
 from ast_model.nn.ast import AST
 from ast_model.nn.variants import list_models
 from ast_model.preflight import output_dir_problem
-from ast_model.runtime import resolve_device, tune_allocator
+from ast_model.runtime import cpu_count, resolve_device, set_threads, tune_allocator
 
 __all__ = ["BACKENDS", "Resolver", "build_parser", "collect_inputs", "load_model", "main"]
 
@@ -240,6 +240,26 @@ def _tile_arg(value: str) -> int | str:
     return tile
 
 
+def _workers_arg(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        workers = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {value!r}") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"workers must be >= 1, got {workers}")
+    return workers
+
+
+def tile_workers(requested: int | str, device: torch.device, backend: str, cores: int) -> int:
+    """How many tiles ``ast-restore`` runs at once: ``auto`` is 2 on a CPU with 2+ cores (PyTorch backend;
+    each worker then gets ``cores // 2`` threads, see :attr:`RestoreOptions.workers`), else 1."""
+    if requested != "auto":
+        return int(requested)
+    return 2 if device.type == "cpu" and backend == "pytorch" and cores >= 2 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ast-restore`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -263,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_tile_arg,
         default="auto",
         help="tile side in pixels; 'auto' (default): whole image if it fits in memory, else tiles (on the CPU: "
-        f"tiles of at most {CPU_AUTO_TILE} px for any larger image, so memory stays bounded); 0: never tile",
+        f"tiles of at most {CPU_AUTO_TILE} px for any larger image, {CPU_WORKER_TILE} px with 2+ --workers, so memory "
+        "stays bounded); 0: never tile",
     )
     parser.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring tiles (default 64)")
     parser.add_argument(
@@ -279,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="pytorch",
         help="pytorch (default) or onnxruntime (CPU, fp32; an .onnx model runs as is, a PyTorch source is "
         "exported first; tiling and --ensemble work the same)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers_arg,
+        default="auto",
+        help="tiles restored at once, each on its own thread with cores/WORKERS torch threads; 'auto' (default): "
+        "2 on a CPU (about 1.3-3x faster than one pass on all cores; memory: one forward pass per worker), "
+        "1 on a GPU",
     )
     parser.add_argument("--ensemble", action="store_true", help="8-way flip/rotation self-ensemble (8x slower)")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
@@ -373,8 +402,6 @@ def main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = None) 
             blend=args.blend,
             ensemble=args.ensemble,
             precision=args.precision,
-            # On the CPU `auto` tiles anything above CPU_AUTO_TILE px: memory bounded for any image size.
-            max_tile=CPU_AUTO_TILE if device.type == "cpu" and args.overlap < CPU_AUTO_TILE else None,
         )
     except (RuntimeError, ValueError) as exc:
         parser.error(str(exc))
@@ -389,7 +416,14 @@ def main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = None) 
         if args.precision != "fp32" or args.compile:
             parser.error("--backend onnxruntime runs the exported fp32 graph: drop --precision / --compile")
         device = torch.device("cpu")
-        options = dataclasses.replace(options, max_tile=CPU_AUTO_TILE if args.overlap < CPU_AUTO_TILE else None)
+    cores = cpu_count()
+    workers = tile_workers(args.workers, device, args.backend, cores)
+    # On the CPU `auto` tiles anything above the cap: memory bounded for any image size (one forward pass
+    # per worker, so smaller tiles when several run at once).
+    cap = CPU_AUTO_TILE if workers == 1 else CPU_WORKER_TILE
+    options = dataclasses.replace(
+        options, workers=workers, max_tile=cap if device.type == "cpu" and args.overlap < cap else None
+    )
 
     # The output first: a folder that cannot be written must not cost a model load or a restoration.
     # (Probed, not created: a run that stops at the model leaves no empty folder behind.)
@@ -411,12 +445,25 @@ def main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = None) 
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. the folder was removed or made read-only meanwhile
         return _user_error(f"output folder {out_dir} cannot be created: {exc.strerror or exc}")
-    if args.debug:
-        print(
-            f"ast-restore: allocator tuning {'on' if tuned else 'off'}, {torch.get_num_threads()} threads",
-            file=sys.stderr,
-        )
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and workers > 1:
+        set_threads(max(1, cores // workers))  # the workers share the cores: no oversubscription
+    try:
+        if args.debug:
+            print(
+                f"ast-restore: allocator tuning {'on' if tuned else 'off'}, {workers} tile worker(s) x "
+                f"{torch.get_num_threads()} threads",
+                file=sys.stderr,
+            )
+        return _restore_files(model, args, out_dir, options, device)
+    finally:
+        torch.set_num_threads(threads)  # main() may run inside another program (a test, a notebook)
 
+
+def _restore_files(
+    model: nn.Module, args: argparse.Namespace, out_dir: Path, options: RestoreOptions, device: torch.device
+) -> int:
+    """Restore every input of ``args`` into ``out_dir``; report each failure and go on. Returns the exit status."""
     files, missing = collect_inputs(args.inputs)
     failed = list(missing)
     for spec in missing:

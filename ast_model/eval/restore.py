@@ -20,11 +20,12 @@ accumulated in a band of ``T`` rows (two ``3 x T x W`` float32 buffers) that is 
 into the preallocated result as soon as no later tile touches its rows. The peak is therefore
 
     input image + result (``3 H W`` bytes each for uint8, ``12 H W`` for float32)
-    + ``24 T W`` (the two bands) + one forward pass at ``T x T`` (``bytes_per_pixel x T^2``)
+    + ``24 T W`` (the two bands) + ``workers`` forward passes at ``T x T`` (``bytes_per_pixel x T^2`` each)
     + the model and the runtime,
 
-independent of ``H`` beyond the images themselves: an 8000 x 6000 uint8 photo with AST-T at ``T = 512`` needs
-144 + 144 + 98 MB plus one 512 x 512 forward pass.
+independent of ``H`` beyond the images themselves. Measured with ``ast-restore`` (AST-T, fp32, 2 cores, 2
+workers of 256 px tiles): an 8000 x 6000 photo peaked at 1.27 GiB of resident memory (README.md, "Huge
+images").
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ import dataclasses
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -43,6 +46,7 @@ from torch import nn
 
 __all__ = [
     "CPU_AUTO_TILE",
+    "CPU_WORKER_TILE",
     "DEFAULT_BYTES_PER_PIXEL",
     "RestoreOptions",
     "available_memory",
@@ -75,6 +79,11 @@ DEFAULT_BYTES_PER_PIXEL = 12_000
 # 1.44x to 1.31x, but each pass gets slower per pixel) at ~60% of the forward pass's peak memory (~1.0 vs
 # ~1.3 GiB peak RSS of the process).
 CPU_AUTO_TILE = 384
+# The cap when several tiles run at once (``RestoreOptions.workers``): each worker holds one forward pass.
+# AST-T, 2 workers x 1 thread on 2 cores, fp32: 256 px tiles cost the same CPU time per pass pixel as 384 px
+# (~5.7 us) at ~0.85 vs ~1.3 GiB peak RSS of the passes; the 64 px overlap makes 256 px tiles ~23% more
+# pass pixels, the price of staying within 2 GiB on an 8000 x 6000 photo.
+CPU_WORKER_TILE = 256
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MIN_TILE = 32
 
@@ -98,6 +107,11 @@ class RestoreOptions:
         max_tile: with ``tile="auto"``: never a larger tile than this, and an image with a side above it
             is tiled even if it would fit the budget whole (a bound on the forward pass's memory that does
             not depend on the image; ``ast-restore`` uses :data:`CPU_AUTO_TILE` on the CPU). None: no cap.
+        workers: tiles in flight at once in a tiled run, each forward pass on its own thread (results are
+            blended in tile order, so the output does not depend on it). On a CPU, ``W`` workers with
+            ``cores / W`` torch threads each beat one pass on all cores (small per-op work scales badly
+            across threads, and one busy core stalls every thread of a pass); memory grows by one forward
+            pass per worker. The caller sets the thread count (``ast-restore --workers`` does).
     """
 
     tile: int | Literal["auto"] | None = "auto"
@@ -108,8 +122,11 @@ class RestoreOptions:
     memory_budget: int | None = None
     bytes_per_pixel: float = DEFAULT_BYTES_PER_PIXEL
     max_tile: int | None = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {self.workers!r}")
         if self.tile != "auto" and self.tile is not None and (not isinstance(self.tile, int) or self.tile < 0):
             raise ValueError(f"tile must be 'auto', None or a non-negative int, got {self.tile!r}")
         if self.overlap < 0:
@@ -212,6 +229,51 @@ def _tile_grid(
     return th, tw, tops, lefts, ry, rx, wy, wx
 
 
+Tile = tuple[int, int]  # (top, left) of a tile
+
+
+def _ordered_passes(
+    fn: Forward,
+    tiles: Iterable[Tile],
+    fill: Callable[[torch.Tensor, Tile], None],
+    buffers: list[torch.Tensor],
+) -> Iterator[tuple[Tile, torch.Tensor]]:
+    """``(tile, fn(input of tile))`` for every tile, in order, with up to ``len(buffers)`` passes in flight.
+
+    ``fill(buffer, tile)`` writes a tile's input into one of the preallocated ``buffers``; with one buffer
+    the passes run on the calling thread, with ``W`` buffers on ``W`` worker threads. A buffer is refilled
+    only after the pass that read it has been yielded, and results come back in tile order, so the blended
+    output is the same for any number of workers. Autograd and autocast state is per thread in torch:
+    each worker pass runs under ``torch.inference_mode`` itself (``fn`` carries its own autocast).
+    """
+    workers = len(buffers)
+    if workers == 1:
+        for tile in tiles:
+            fill(buffers[0], tile)
+            yield tile, fn(buffers[0])
+        return
+
+    def run(buf: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return fn(buf)
+
+    pending: deque[tuple[Tile, Future[torch.Tensor]]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ast-tile") as pool:
+        try:
+            for i, tile in enumerate(tiles):
+                if len(pending) == workers:  # the oldest pass holds buffers[i % workers]: collect it first
+                    done, future = pending.popleft()
+                    yield done, future.result()
+                fill(buffers[i % workers], tile)
+                pending.append((tile, pool.submit(run, buffers[i % workers])))
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:  # an error or an abandoned generator: do not start the passes still queued
+            for _, future in pending:
+                future.cancel()
+
+
 def tile_forward(
     fn: Forward,
     x: torch.Tensor,
@@ -221,6 +283,7 @@ def tile_forward(
     blend: Blend = "cosine",
     *,
     progress: TileProgress | None = None,
+    workers: int = 1,
 ) -> torch.Tensor:
     """Run ``fn`` tile by tile and blend the tiles.
 
@@ -235,6 +298,7 @@ def tile_forward(
         device: where ``fn`` runs.
         blend: ``"cosine"`` (see :func:`_ramp`) or ``"mean"`` (equal weights, the official scripts).
         progress: called after every tile with ``(tiles done, tiles in total)``.
+        workers: passes in flight at once (see :attr:`RestoreOptions.workers`).
 
     Returns:
         ``(B, C', H, W)`` float32 on ``x``'s device.
@@ -243,19 +307,21 @@ def tile_forward(
     th, tw, tops, lefts, ry, rx, wy, wx = _tile_grid(h, w, tile, overlap, blend)
     win = (ry[:, None] * rx[None, :]).to(x.device)  # (th, tw)
     total = len(tops) * len(lefts)
-    buf = torch.empty((b, c, th, tw), dtype=torch.float32, device=device)
+    buffers = [torch.empty((b, c, th, tw), dtype=torch.float32, device=device) for _ in range(workers)]
+
+    def fill(buf: torch.Tensor, tile: Tile) -> None:
+        top, left = tile
+        buf.copy_(x[..., top : top + th, left : left + tw])  # (B, C, th, tw), no new allocation
+
     out = None
-    done = 0
-    for top in tops:
-        for left in lefts:
-            buf.copy_(x[..., top : top + th, left : left + tw])  # (B, C, th, tw), no new allocation
-            y = fn(buf).float()  # (B, C', th, tw)
-            if out is None:  # the output channel count is known after the first tile
-                out = torch.zeros((b, y.shape[1], h, w), dtype=torch.float32, device=x.device)
-            out[..., top : top + th, left : left + tw].addcmul_(y.to(x.device), win)
-            done += 1
-            if progress is not None:
-                progress(done, total)
+    grid = [(top, left) for top in tops for left in lefts]
+    for done, ((top, left), y) in enumerate(_ordered_passes(fn, grid, fill, buffers), start=1):
+        y = y.float()  # (B, C', th, tw)
+        if out is None:  # the output channel count is known after the first tile
+            out = torch.zeros((b, y.shape[1], h, w), dtype=torch.float32, device=x.device)
+        out[..., top : top + th, left : left + tw].addcmul_(y.to(x.device), win)
+        if progress is not None:
+            progress(done, total)
     weight = (wy[:, None] * wx[None, :]).to(x.device)  # (H, W): the sum of every tile's window
     assert out is not None  # tile_starts gives at least one start per axis, so the loop ran
     return out.div_(weight)
@@ -281,6 +347,7 @@ def _tiled_hwc(
     *,
     out_dtype: type[np.generic],
     progress: TileProgress | None = None,
+    workers: int = 1,
 ) -> np.ndarray:
     """Tiled restoration of one ``(H, W, 3)`` image into a preallocated ``(H, W, 3)`` result, band by band.
 
@@ -300,6 +367,7 @@ def _tiled_hwc(
         out_dtype: ``np.float32`` (values in [0, 1]) or ``np.uint8`` (rounded half to even, as
             :func:`ast_model.eval.images.to_uint8`).
         progress: called after every tile with ``(tiles done, tiles in total)``.
+        workers: passes in flight at once (see :attr:`RestoreOptions.workers`).
 
     Returns:
         The restored ``(H, W, 3)`` image.
@@ -312,29 +380,37 @@ def _tiled_hwc(
     result = np.empty((h, w, 3), dtype=out_dtype)
     dst = torch.from_numpy(result).permute(2, 0, 1)  # (3, H, W) view of the result
     band, spare = torch.zeros((3, th, w)), torch.zeros((3, th, w))
-    buf = torch.empty((1, 3, th, tw), dtype=torch.float32, device=device)
-    total, done = len(tops) * len(lefts), 0
-    for i, top in enumerate(tops):
-        for left in lefts:
-            buf[0].copy_(src[:, top : top + th, left : left + tw])  # uint8 -> float32 in the copy
-            if scale is not None:
-                buf.div_(scale)  # the same float32 values as read_image's `/ 255.0`
-            y = fn(buf)[0].float().to("cpu")  # (3, th, tw)
-            band[:, :, left : left + tw].addcmul_(y, win)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        final = (tops[i + 1] if i + 1 < len(tops) else top + th) - top  # rows no later tile touches
-        rows = band[:, :final]
-        rows.div_(wy[top : top + final, None] * wx[None, :]).clamp_(0.0, 1.0)
-        if out_dtype == np.uint8:
-            rows.mul_(255.0).round_()  # round half to even: to_uint8's rounding
-        dst[:, top : top + final].copy_(rows)
-        keep = th - final  # rows shared with the next tile row: they move to the top of the band
-        spare.zero_()
-        if keep:
-            spare[:, :keep].copy_(band[:, final:])
-        band, spare = spare, band
+    buffers = [torch.empty((1, 3, th, tw), dtype=torch.float32, device=device) for _ in range(workers)]
+
+    def fill(buf: torch.Tensor, tile: Tile) -> None:
+        top, left = tile
+        buf[0].copy_(src[:, top : top + th, left : left + tw])  # uint8 -> float32 in the copy
+        if scale is not None:
+            buf.div_(scale)  # the same float32 values as read_image's `/ 255.0`
+
+    total = len(tops) * len(lefts)
+    grid = ((top, left) for top in tops for left in lefts)
+    done = 0
+    # closing(): the worker threads stop when the last row is written (or on an error), not at GC.
+    with contextlib.closing(_ordered_passes(fn, grid, fill, buffers)) as passes:
+        for i, top in enumerate(tops):
+            for _ in lefts:  # the passes of this tile row, in order
+                (_, left), y = next(passes)
+                band[:, :, left : left + tw].addcmul_(y[0].float().to("cpu"), win)  # y: (1, 3, th, tw)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            final = (tops[i + 1] if i + 1 < len(tops) else top + th) - top  # rows no later tile touches
+            rows = band[:, :final]
+            rows.div_(wy[top : top + final, None] * wx[None, :]).clamp_(0.0, 1.0)
+            if out_dtype == np.uint8:
+                rows.mul_(255.0).round_()  # round half to even: to_uint8's rounding
+            dst[:, top : top + final].copy_(rows)
+            keep = th - final  # rows shared with the next tile row: they move to the top of the band
+            spare.zero_()
+            if keep:
+                spare[:, :keep].copy_(band[:, final:])
+            band, spare = spare, band
     return result
 
 
@@ -468,7 +544,7 @@ def restore_tensor(
             if progress is not None:
                 progress(1, 1)
             return out
-        return tile_forward(fn, x, tile, opts.overlap, dev, opts.blend, progress=progress)
+        return tile_forward(fn, x, tile, opts.overlap, dev, opts.blend, progress=progress, workers=opts.workers)
 
 
 def restore_image(
@@ -518,7 +594,17 @@ def restore_image(
     tile = _choose_tile(model, opts, 1, h, w, dev)
     with _eval_mode(model):
         if tile is not None:
-            return _tiled_hwc(fn, image, tile, opts.overlap, dev, opts.blend, out_dtype=out_dtype, progress=progress)
+            return _tiled_hwc(
+                fn,
+                image,
+                tile,
+                opts.overlap,
+                dev,
+                opts.blend,
+                out_dtype=out_dtype,
+                progress=progress,
+                workers=opts.workers,
+            )
         x = _as_tensor(image).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
         if not is_float:
             x = x / 255.0

@@ -46,19 +46,37 @@ def _exact_fp32():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name,overrides", [("ast_t", {}), ("ast_b", {})], ids=["ast_t", "ast_b"])
 def test_autocast_train_step_matches_reference(dtype: torch.dtype, name: str, overrides: dict) -> None:
+    """The fast path under autocast is as close to fp32 as the reference path under the same autocast.
+
+    Both autocast paths are judged against the fp32 reference (the truth), not against each other: on the
+    full AST-B (H100, torch 2.11) they differ from fp32 by 0.038 (fast) and 0.033 (reference) at the
+    output in bf16 and have the same median gradient error (0.044 / 0.043), so their mutual difference
+    (0.018) is two different roundings, not a defect. The branch weights ``attn.w`` (two numbers per block,
+    each a sum over every score of every window, with cancellation) are measured against the largest
+    branch-weight gradient of the model: their own relative error is ill-conditioned (fp16: 0.33 for the
+    fast and 0.06 for the reference path on one block while the outputs agreed with fp32 to 0.3 %).
+    """
     torch.manual_seed(21)
     model = _randomise(ast_model.create_model(name, **overrides, drop_path_rate=0.0), scale=0.02).to(CUDA).train()
     x = torch.rand(2, 3, 128, 128, device=CUDA)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     out_fast, g_fast = _step(model, x, "fast", dtype, scaler)
     out_ref, g_ref = _step(model, x, "reference", dtype, scaler)
-    _, g_fp32 = _step(model, x, "reference", None)
-    assert _rel(out_fast, out_ref) < OUT_TOL
+    out_fp32, g_fp32 = _step(model, x, "reference", None)
+    assert _rel(out_fast, out_fp32) < max(OUT_TOL, NOISE_FACTOR * _rel(out_ref, out_fp32))
+    branch = [n for n in g_fp32 if n.endswith("attn.w")]
+    branch_scale = max(g_fp32[n].abs().max() for n in branch)
+
+    def error(grad: torch.Tensor, n: str) -> float:
+        if n in branch:
+            return float((grad - g_fp32[n]).abs().max() / branch_scale)
+        return _rel(grad, g_fp32[n])
+
     errors, autocast_errors = [], []
-    for n, g in g_ref.items():
+    for n in g_fp32:
         assert g_fast[n].dtype == torch.float32 and torch.isfinite(g_fast[n]).all(), n
-        errors.append(_rel(g_fast[n], g))
-        autocast_errors.append(_rel(g, g_fp32[n]))
+        errors.append(error(g_fast[n], n))
+        autocast_errors.append(error(g_ref[n], n))
         assert errors[-1] < max(GRAD_TOL, NOISE_FACTOR * autocast_errors[-1]), (n, errors[-1], autocast_errors[-1])
     assert statistics.median(errors) <= MEDIAN_FACTOR * statistics.median(autocast_errors)
 

@@ -240,3 +240,28 @@ def test_count_macs_matches_paper_convention() -> None:
 
 def test_count_macs_ast_b() -> None:
     assert ast_model.count_macs(ast_model.create_model("ast_b"), (1, 3, 256, 256)) == pytest.approx(109.831e9, rel=1e-4)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["bias", "bias+shift_mask"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
+def test_cpu_inference_attention_in_window_chunks_equals_the_autograd_path(
+    masked: bool, autocast: bool, monkeypatch
+) -> None:
+    """Without autograd on the CPU the ASSA core runs a chunk of windows at a time (cache-sized score
+    buffers); windows are independent, so the result is bit for bit the autograd function's."""
+    from ast_model.nn import functional
+
+    monkeypatch.setattr(functional, "_CHUNK_BYTES", 3 * 2 * 16 * 16 * 4)  # 3 windows per chunk: 7 = 3 + 3 + 1
+    g = torch.Generator().manual_seed(0)
+    b, nw, h, n, d = 2, 7, 2, 16, 8
+    q, k, v = (torch.randn(b, nw, h, n, d, generator=g) for _ in range(3))
+    bias = torch.randn(nw, h, n, n, generator=g) if masked else torch.randn(h, n, n, generator=g)
+    w = torch.softmax(torch.randn(2, generator=g), dim=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad():
+            assert functional._chunked_inference(q, k, v, bias, w)
+            chunked = functional.adaptive_sparse_attention(q, k, v, bias, w)
+        whole = functional._AdaptiveSparseAttention.apply(q, k, v, bias, w)
+    assert chunked.dtype == whole.dtype and torch.equal(chunked, whole)
+    w.requires_grad_(True)
+    assert not functional._chunked_inference(q, k, v, bias, w)  # training keeps the autograd function

@@ -156,3 +156,95 @@ def test_cli_result_matches_the_library_uint8_path(checkpoint: Path, tmp_path: P
     opts = RestoreOptions(tile=64, overlap=16)
     expected = restore_image(load_checkpoint(checkpoint), image, opts, out_dtype=np.uint8)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a.png")), expected)
+
+
+# ------------------------------------------------------------------------------- tiles on worker threads
+class Recorder(nn.Module):
+    """Smooth, and records per pass whether it ran without autograd and which buffer it read."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.inner = Smooth()
+        self.fail_at = fail_at
+        self.calls: list[tuple[bool, int]] = []  # list.append is atomic under the GIL
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((torch.is_inference_mode_enabled(), x.data_ptr()))
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise RuntimeError("pass failed")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_workers_give_the_same_image_as_one_pass_at_a_time(workers: int, dtype) -> None:
+    image = _image(150, 230, dtype)
+    one = restore_image(Smooth().eval(), image, RestoreOptions(tile=64, overlap=16), out_dtype=dtype)
+    model = Recorder()
+    many = restore_image(model, image, RestoreOptions(tile=64, overlap=16, workers=workers), out_dtype=dtype)
+    np.testing.assert_array_equal(many, one)  # blended in tile order: bit for bit the same
+    assert len(model.calls) == count_tiles(150, 230, 64, 16)
+    assert all(inference for inference, _ in model.calls)  # each worker thread entered inference mode
+    assert len({ptr for _, ptr in model.calls}) == workers  # one input buffer per worker, reused
+
+
+def test_tile_forward_with_workers_equals_one_at_a_time() -> None:
+    x = torch.rand(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        one = tile_forward(Smooth().eval(), x, 32, 8, CPU)
+        many = tile_forward(Smooth().eval(), x, 32, 8, CPU, workers=2)
+    torch.testing.assert_close(many, one, atol=0, rtol=0)
+
+
+def test_workers_report_every_tile_in_order() -> None:
+    seen: list[tuple[int, int]] = []
+    restore_image(
+        Smooth().eval(),
+        _image(100, 170),
+        RestoreOptions(tile=32, overlap=8, workers=2),
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    total = count_tiles(100, 170, 32, 8)
+    assert seen == [(i, total) for i in range(1, total + 1)]
+
+
+def test_a_failing_pass_on_a_worker_stops_the_image_and_its_threads() -> None:
+    import threading
+
+    before = threading.active_count()
+    model = Recorder(fail_at=5)
+    with pytest.raises(RuntimeError, match="pass failed"):
+        restore_image(model, _image(100, 170), RestoreOptions(tile=32, overlap=8, workers=2))
+    assert len(model.calls) < count_tiles(100, 170, 32, 8)  # the queued passes did not run
+    assert threading.active_count() == before  # the worker threads are gone
+
+
+def test_workers_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        RestoreOptions(workers=0)
+
+
+def test_cli_workers_auto_is_two_on_a_cpu_and_one_elsewhere() -> None:
+    from ast_model.cli import tile_workers
+
+    assert tile_workers("auto", CPU, "pytorch", cores=16) == 2
+    assert tile_workers("auto", CPU, "pytorch", cores=1) == 1
+    assert tile_workers("auto", CPU, "onnxruntime", cores=16) == 1
+    assert tile_workers("auto", torch.device("cuda"), "pytorch", cores=16) == 1
+    assert tile_workers(3, CPU, "pytorch", cores=2) == 3
+
+
+def test_cli_workers_leave_the_callers_thread_count(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    from ast_model.cli import main
+
+    src = tmp_path / "a.png"
+    Image.fromarray(_image(90, 130, np.uint8)).save(src)
+    threads = torch.get_num_threads()
+    args = [str(src), str(tmp_path / "out"), "--model", str(checkpoint), "--tile", "64", "--overlap", "16"]
+    assert main([*args, "--workers", "2", "--quiet", "--debug"]) == 0
+    assert "2 tile worker(s)" in capsys.readouterr().err
+    assert torch.get_num_threads() == threads
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--workers", "0"])
+    assert exc.value.code == 2
+    assert "workers must be >= 1" in capsys.readouterr().err
