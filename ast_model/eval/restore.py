@@ -36,7 +36,7 @@ import math
 import os
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
@@ -237,7 +237,7 @@ def _ordered_passes(
     tiles: Iterable[Tile],
     fill: Callable[[torch.Tensor, Tile], None],
     buffers: list[torch.Tensor],
-) -> Iterator[tuple[Tile, torch.Tensor]]:
+) -> Generator[tuple[Tile, torch.Tensor], None, None]:
     """``(tile, fn(input of tile))`` for every tile, in order, with up to ``len(buffers)`` passes in flight.
 
     ``fill(buffer, tile)`` writes a tile's input into one of the preallocated ``buffers``; with one buffer
