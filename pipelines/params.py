@@ -235,7 +235,7 @@ def apply_overrides(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
     """Every section of a params file checked with its typed config; every problem reported at once.
 
-    Sections: ``model``, ``data``, ``prepare``, ``shard``, the training profiles (``train`` and ``train_*``),
+    Sections: ``model``, ``data``, ``prepare``, ``shard``, ``tables``, the training profiles (``train`` and ``train_*``),
     ``evaluate*``, ``register*``, and ``tasks`` (each task's resolved profile is checked as a profile, so
     a bad key in ``tasks.rain.train`` is named there). An unknown top-level section is a problem too.
 
@@ -246,8 +246,15 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
     from ast_model.eval.config import EvaluateConfig
     from ast_model.train.config import ModelConfig, TrainConfig
     from pipelines.gate import RegisterConfig
+    from pipelines.tables import TablesConfig
 
-    fixed: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "prepare": PrepareConfig, "shard": ShardConfig}
+    fixed: dict[str, type] = {
+        "model": ModelConfig,
+        "data": DataConfig,
+        "prepare": PrepareConfig,
+        "shard": ShardConfig,
+        "tables": TablesConfig,
+    }
     families: dict[str, type] = {"train": TrainConfig, "evaluate": EvaluateConfig, "register": RegisterConfig}
     problems: list[str] = []
     for name in params:
