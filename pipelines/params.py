@@ -235,8 +235,8 @@ def apply_overrides(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
     """Every section of a params file checked with its typed config; every problem reported at once.
 
-    Sections: ``model``, ``data``, ``prepare``, ``shard``, ``tables``, the training profiles (``train`` and ``train_*``),
-    ``evaluate*``, ``register*``, and ``tasks`` (each task's resolved profile is checked as a profile, so
+    Sections: ``model``, ``data``, ``prepare``, ``shard``, ``tables``, the training profiles (``train`` and
+    ``train_*``), ``evaluate*``, ``register*``, and ``tasks`` (each task's resolved profile is checked as a profile, so
     a bad key in ``tasks.rain.train`` is named there). An unknown top-level section is a problem too.
 
     Raises:

@@ -96,7 +96,8 @@ class TablesConfig:
         """Value checks beyond the types."""
         out = []
         if self.budget not in self.budgets:
-            out.append(f"{section}.budget={self.budget!r} is not a key of {section}.budgets ({', '.join(self.budgets)})")
+            known = ", ".join(self.budgets)
+            out.append(f"{section}.budget={self.budget!r} is not a key of {section}.budgets ({known})")
         if not self.seeds:
             out.append(f"{section}.seeds is empty: list at least one seed (two or more give a spread)")
         if len(set(self.seeds)) != len(self.seeds):
