@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 TASKS = "tasks"
+# Checked by the table stages themselves (pipelines/tables.py), not here: importing that module would make it
+# a code dep of every stage that reads params (and a change to a table rerun the training).
+TABLES = "tables"
 
 
 @dataclass(frozen=True)
@@ -235,8 +238,8 @@ def apply_overrides(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
 def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None:
     """Every section of a params file checked with its typed config; every problem reported at once.
 
-    Sections: ``model``, ``data``, ``prepare``, ``shard``, ``tables``, the training profiles (``train`` and
-    ``train_*``), ``evaluate*``, ``register*``, and ``tasks`` (each task's resolved profile is checked as a profile, so
+    Sections: ``model``, ``data``, ``prepare``, ``shard``, the training profiles (``train`` and ``train_*``),
+    ``evaluate*``, ``register*``, and ``tasks`` (each task's resolved profile is checked as a profile, so
     a bad key in ``tasks.rain.train`` is named there). An unknown top-level section is a problem too.
 
     Raises:
@@ -246,25 +249,18 @@ def check_params(params: Mapping[str, Any], source: str = "params.yaml") -> None
     from ast_model.eval.config import EvaluateConfig
     from ast_model.train.config import ModelConfig, TrainConfig
     from pipelines.gate import RegisterConfig
-    from pipelines.tables import TablesConfig
 
-    fixed: dict[str, type] = {
-        "model": ModelConfig,
-        "data": DataConfig,
-        "prepare": PrepareConfig,
-        "shard": ShardConfig,
-        "tables": TablesConfig,
-    }
+    fixed: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "prepare": PrepareConfig, "shard": ShardConfig}
     families: dict[str, type] = {"train": TrainConfig, "evaluate": EvaluateConfig, "register": RegisterConfig}
     problems: list[str] = []
     for name in params:
         cls = fixed.get(name) or next(
             (c for prefix, c in families.items() if name == prefix or name.startswith(f"{prefix}_")), None
         )
-        if name == TASKS:
+        if name in (TASKS, TABLES):
             continue
         if cls is None:
-            known = sorted([*fixed, *families, TASKS])
+            known = sorted([*fixed, *families, TASKS, TABLES])
             problems.append(f"unknown section {name!r} (known: {', '.join(known)}, and train_*/evaluate_*/register_*)")
             continue
         found = (

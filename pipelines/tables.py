@@ -294,7 +294,7 @@ class Table:
                 raise ValueError(f"{self.name}: a row has {len(row)} cells for {len(self.columns)} columns: {row}")
         label = self.name.replace("table", "Table ").replace("figure", "Figure ")
         lines = [f"# {label}: {self.title}", ""]
-        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in self.columns) + " |")
         lines.append("|" + "|".join("---" for _ in self.columns) + "|")
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
         lines.append("")
