@@ -200,3 +200,72 @@ def test_training_params_merge_the_budget_and_the_variant() -> None:
     }
     assert profile["phases"] == budget["phases"]
     assert profile["loss"] == params["train"]["loss"]  # the rest of the base profile is kept
+
+
+def _tiny_task(root: Path, task: str, tiny_ast: dict) -> None:
+    """A tiny task model, its test split (2 random 192-px pairs) and the evaluate stage's record of it."""
+    import torch
+
+    from ast_model import create_model, save_checkpoint
+    from ast_model.artifacts import EvaluationMetrics
+    from ast_model.data.files import sha256_file
+    from tests.shards import write_tiny_split
+
+    write_tiny_split(root / "shards" / "tinyset" / "test", 2, 1, size=192, info={"task": task})
+    torch.manual_seed(0)
+    weights = save_checkpoint(create_model("ast_t", **tiny_ast), root / "models" / task / "final.pt")
+    EvaluationMetrics(
+        psnr=30.0,
+        ssim=0.9,
+        input_psnr=25.0,
+        input_ssim=0.8,
+        protocol="float",
+        y_channel=False,
+        crop_border=0,
+        count=2,
+        per_image=[],
+        experiment=task,
+        dataset="tinyset",
+        task=task,
+        split="test",
+        weights="final.pt",
+        variant="ast_t",
+        checkpoint_sha256=sha256_file(weights)[0],
+        test_index_sha256="0" * 64,
+        training_steps=8,
+    ).save(root / "metrics" / f"{task}.json")
+
+
+def test_task_tables_and_niqe_table_from_a_tiny_task_model(tmp_path, tiny_ast) -> None:
+    """Tables 1 and 10 end to end through the stage's run(): reported rows, measured rows, the "+" row."""
+    from pipelines.stages import tables as stage
+
+    _tiny_task(tmp_path, "rain", tiny_ast)
+    kwargs = dict(
+        models=tmp_path / "models", metrics=tmp_path / "metrics", shards=tmp_path / "shards", out=tmp_path / "out"
+    )
+    stage.run("table1", ROOT / "params.yaml", track=False, **kwargs)
+    stage.run("table10", ROOT / "params.yaml", track=False, **kwargs)
+    t1 = list(csv.DictReader((tmp_path / "out" / "table1.csv").open()))
+    reported = [r["name"] for r in paper_tables()["tables"]["table1"]["rows"]]
+    assert [r["name"] for r in t1] == [*reported, "degraded input", "AST-T (ours)", "AST-T+ (ours)"]
+    ours, plus = t1[-2], t1[-1]
+    assert (float(ours["psnr"]), ours["source"]) == (30.0, "measured")  # from the evaluate stage's record
+    # the "+" row: the same weights scored with the 8-way self-ensemble, as evaluate_pairs computes it
+    from ast_model.checkpoint import load_checkpoint
+    from ast_model.eval.evaluate import evaluate_pairs
+    from ast_model.eval.restore import RestoreOptions
+    from pipelines.stages.evaluate import split_pairs
+
+    model = load_checkpoint(tmp_path / "models" / "rain" / "final.pt")
+    pairs = split_pairs(tmp_path / "shards" / "tinyset" / "test", None)
+    expected = evaluate_pairs(model, pairs, options=RestoreOptions(ensemble=True))
+    assert plus["source"] == "measured" and float(plus["psnr"]) == pytest.approx(expected.psnr, abs=1e-4)
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "8-way geometric self-ensemble" in md and "not comparable" in md
+    t10 = list(csv.DictReader((tmp_path / "out" / "table10.csv").open()))
+    assert [r["name"] for r in t10][-2:] == ["input (ours)", "AST-T (ours)"]
+    assert all(float(r["niqe"]) > 0 for r in t10)
+    assert "no ground truth" in (tmp_path / "out" / "table10.md").read_text()
+    with pytest.raises(PreflightError, match="no metrics of task 'haze'"):
+        stage.run("table3", ROOT / "params.yaml", track=False, **kwargs)
