@@ -60,8 +60,11 @@ def _index(split_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def plan(args: argparse.Namespace) -> tuple[Any, Any]:
+def plan(args: argparse.Namespace, params: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """Read, check and resolve everything; no process is started, no server contacted beyond a probe.
+
+    ``params``: the parsed params to use instead of reading ``args.params`` (the ablation stage passes
+    its generated profiles; ``args.params`` then only names the file in messages).
 
     Pre-flight, all collected into one report: every key of the profile (unknown, mistyped, out of range:
     named under the profile's own section, e.g. ``train_p1.phases[0].lr``), the shard indexes, every shard
@@ -88,7 +91,8 @@ def plan(args: argparse.Namespace) -> tuple[Any, Any]:
     from pipelines.tracking import data_version_tags, git_tags, tracking_problem
 
     source, profile = str(args.params), args.profile
-    params = stage_params(args.params, getattr(args, "task", None), profile=profile)
+    if params is None:
+        params = stage_params(args.params, getattr(args, "task", None), profile=profile)
     if profile not in params:
         profiles = sorted(k for k in params if k.startswith("train"))
         raise PreflightError(f"no section {profile!r} (training profiles: {profiles})", source=source)

@@ -117,6 +117,13 @@ def _fake_outputs(work: Path, tasks: list[str]) -> None:
         (work / "reports" / task / "samples").mkdir(parents=True)
         (work / "reports" / task / "samples" / "a.png").write_text(task)
         (work / "reports" / task / "registry.json").write_text("{}")
+    # the paper-table stages: one ablation record per variant, every table's files
+    (work / "reports" / "ablation").mkdir(parents=True)
+    for variant in yaml.safe_load((work / "params.yaml").read_text())["tables"]["variants"]:
+        (work / "reports" / "ablation" / f"{variant}.json").write_text("{}")
+    for table in [f"table{i}" for i in range(1, 11)] + ["figure4"]:
+        for suffix in (".md", ".csv") + ((".png",) if table == "figure4" else ()):
+            (work / "reports" / f"{table}{suffix}").write_text(table)
 
 
 def test_a_changed_task_param_reruns_that_task_only(repo) -> None:
