@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,6 +69,26 @@ def use_local_store(root: str | Path | None = None) -> str:
     uri = f"sqlite:///{repo_root(root) / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return uri
+
+
+def stage_prologue(prog: str, *, local_store: bool, probe: bool, offline_hint: str = "") -> int | None:
+    """The first lines of a stage's ``main()``, before torch is imported.
+
+    ``--local-store`` points this process and its children at the repo's store; then, when the stage will
+    track (``probe``), the store is probed with a short timeout, so a dead server costs seconds and one line
+    (``<prog>: <problem>``, exit status 2) instead of minutes of MLflow's retries.
+
+    Returns:
+        None to go on, or the exit status 2 after the problem was printed.
+    """
+    if local_store:
+        use_local_store()
+    if probe:
+        problem = tracking_problem(offline_hint=offline_hint)
+        if problem:
+            print(f"{prog}: {problem}", file=sys.stderr, flush=True)
+            return 2
+    return None
 
 
 def tracking_problem(

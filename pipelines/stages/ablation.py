@@ -261,10 +261,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2: a problem to fix, reported before any training)."""
     args = parse_args(argv)
-    if args.local_store:
-        from pipelines.tracking import use_local_store
+    from pipelines.tracking import stage_prologue
 
-        use_local_store()
+    status = stage_prologue(
+        "ablation", local_store=args.local_store, probe=not args.no_mlflow, offline_hint="--no-mlflow"
+    )
+    if status is not None:
+        return status
     from pipelines.errors import run_cli
 
     def body() -> int:

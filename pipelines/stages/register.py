@@ -199,19 +199,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2: a problem to fix, nothing registered; 1: MLflow refused)."""
-    from pipelines.errors import run_cli
-    from pipelines.model_registry import RegistryError
-    from pipelines.tracking import tracking_problem
+    from pipelines.tracking import stage_prologue
 
     args = parse_args(argv)
-    if args.local_store:
-        from pipelines.tracking import use_local_store
-
-        use_local_store()
-    problem = tracking_problem()  # first: a dead server is reported within seconds, in one line
-    if problem:
-        print(f"register: {problem}", file=sys.stderr, flush=True)
-        return 2
+    # First, before MLflow is imported (seconds on a loaded machine); registering needs the store.
+    status = stage_prologue("register", local_store=args.local_store, probe=True)
+    if status is not None:
+        return status
+    from pipelines.errors import run_cli
+    from pipelines.model_registry import RegistryError
 
     def body() -> int:
         try:

@@ -317,22 +317,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2: a problem to fix, nothing started; 3: non-finite loss)."""
     args = parse_args(argv)
-    if args.local_store:
-        from pipelines.tracking import use_local_store
+    from pipelines.tracking import stage_prologue
 
-        use_local_store()  # in the environment, so the workers inherit it
+    # The workers inherit --local-store through the environment; they do not probe again.
+    status = stage_prologue(
+        "train", local_store=args.local_store, probe=args.tracking and not args.worker, offline_hint="--no-mlflow"
+    )
+    if status is not None:
+        return status
     if args.worker:
         return run_worker(args.worker, args.resume, tracking=args.tracking, debug=args.debug)
-    if args.tracking:
-        # First, before torch or DeepSpeed are even imported (seconds on a loaded machine): a dead server
-        # is reported within the probe's timeout, in one line.
-        from pipelines.tracking import tracking_problem
-
-        problem = tracking_problem(offline_hint="--no-mlflow")
-        if problem:
-            print(f"train: {problem}", file=sys.stderr, flush=True)
-            return 2
-        args.tracking_checked = True
+    args.tracking_checked = args.tracking
     from pipelines.errors import run_cli
 
     return run_cli("train", lambda: _launch(args), debug=args.debug)
