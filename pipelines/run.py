@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             "`dvc plots show` redraws it)"
         )
         print("metrics       dvc metrics show   |   experiments: dvc exp show")
+        numbers = sorted(int(p.stem[5:]) for p in (root / "reports").glob("table*.md") if p.stem[5:].isdigit())
+        if numbers:  # the paper-table stages (docs/tables.md); MLflow experiment `paper-tables`
+            print(f"paper tables  reports/table{numbers[0]}..{numbers[-1]}.md (+ .csv), reports/figure4.png")
         uri = tracking_uri()
         if uri.startswith(("http://", "https://")):
             print(f"MLflow UI     {uri}")
