@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ast_model.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_official, read_checkpoint
 from ast_model.eval.images import IMAGE_SUFFIXES, ImageReadError, read_image, save_png
-from ast_model.eval.restore import CPU_AUTO_TILE, CPU_WORKER_TILE, RestoreOptions, restore_image
+from ast_model.eval.restore import CPU_AUTO_TILE, RestoreOptions, restore_image
 from ast_model.nn.ast import AST
 from ast_model.nn.variants import list_models
 from ast_model.preflight import output_dir_problem
@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_tile_arg,
         default="auto",
         help="tile side in pixels; 'auto' (default): whole image if it fits in memory, else tiles (on the CPU: "
-        f"tiles of at most {CPU_AUTO_TILE} px for any larger image, {CPU_WORKER_TILE} px with 2+ --workers, so memory "
-        "stays bounded); 0: never tile",
+        f"tiles of at most {CPU_AUTO_TILE} px for any larger image, whatever --workers, so memory stays bounded "
+        "and the result does not depend on the core count); 0: never tile",
     )
     parser.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring tiles (default 64)")
     parser.add_argument(
@@ -419,8 +419,8 @@ def main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = None) 
     cores = cpu_count()
     workers = tile_workers(args.workers, device, args.backend, cores)
     # On the CPU `auto` tiles anything above the cap: memory bounded for any image size (one forward pass
-    # per worker, so smaller tiles when several run at once).
-    cap = CPU_AUTO_TILE if workers == 1 else CPU_WORKER_TILE
+    # per worker). One cap for any worker count: the same image restores to the same pixels everywhere.
+    cap = CPU_AUTO_TILE
     options = dataclasses.replace(
         options, workers=workers, max_tile=cap if device.type == "cpu" and args.overlap < cap else None
     )

@@ -8,6 +8,7 @@ after it, and no stage logic exists here (docs/orchestration.md explains the cho
     prepare -> shard -> train[rain] -> evaluate[rain] -> register[rain]
                      -> train[raindrop] -> evaluate[raindrop] -> register[raindrop]
                      -> train[haze] -> ...
+             then (``tables=True``, every task) -> ablation@<variant> ... -> table1 ... table10, figure4
 
 Flow parameters override params keys (``overrides={"train.phases[0].lr": 5e-4}``). They are applied to
 ``params.yaml`` and checked by :func:`pipelines.params.check_params` before any task starts; a mistyped key
@@ -21,7 +22,7 @@ train stage reads); nodes 1..N-1 run the same stage command with ``--node-rank``
 deployment (``node_runner="deployment"``: a work pool puts them on other hosts). A failed training is
 retried as a whole and resumes from ``checkpoints/<experiment>/``.
 
-    python -m pipelines.flows [--task rain] [--nodes 2] [--set 'train.phases[0].lr=5e-4']
+    python -m pipelines.flows [--task rain] [--nodes 2] [--set 'train.phases[0].lr=5e-4'] [--no-tables]
 """
 
 from __future__ import annotations
@@ -121,15 +122,19 @@ class RunPlan:
         tasks: the tasks (``tasks:`` section keys) to train, evaluate and register, in order.
         nodes: training nodes per task.
         changed: whether the overrides changed ``params.yaml``.
+        table_stages: the paper-table stages to run after the tasks, in order (empty: ``tables=False``).
     """
 
     params: dict[str, Any]
     tasks: list[str]
     nodes: int
     changed: bool
+    table_stages: list[str] = dataclasses.field(default_factory=list)
 
 
-def plan_run(root: Path, tasks: Sequence[str] | None, overrides: Mapping[str, Any] | None, nodes: int) -> RunPlan:
+def plan_run(
+    root: Path, tasks: Sequence[str] | None, overrides: Mapping[str, Any] | None, nodes: int, tables: bool = False
+) -> RunPlan:
     """Apply ``overrides`` to ``<root>/params.yaml`` in memory and check everything; write nothing.
 
     Args:
@@ -137,6 +142,8 @@ def plan_run(root: Path, tasks: Sequence[str] | None, overrides: Mapping[str, An
         tasks: task names (``tasks:`` keys); None or empty: all of them.
         overrides: dotted params keys -> values (``{"train.phases[0].lr": 5e-4}``).
         nodes: training nodes per task.
+        tables: also run the paper-table stages (``ablation@<variant>``, ``table1`` ... ``figure4``) after the
+            tasks; they need every task the tables score (``rain``, ``raindrop``, ``haze``) in this run.
 
     Returns:
         The plan.
@@ -176,9 +183,22 @@ def plan_run(root: Path, tasks: Sequence[str] | None, overrides: Mapping[str, An
             f"nodes={nodes} exceeds data.max_nodes={max_nodes} (the shards are cut for at most that "
             "many nodes): raise data.max_nodes or use fewer nodes"
         )
+    table_stages: list[str] = []
+    if tables:
+        from pipelines.tables import TABLES, TASK_OF
+
+        needed = list(dict.fromkeys(TASK_OF.values()))  # rain, raindrop, haze
+        missing = [name for name in needed if name not in chosen]
+        if missing:
+            problems.append(
+                f"tables=true: the paper tables score the tasks {', '.join(needed)}, and this run does not "
+                f"train {', '.join(missing)} (define them in tasks and run all of them, or pass tables=false)"
+            )
+        variants = ((params.get("tables") or {}).get("variants")) or {}
+        table_stages = [f"ablation@{name}" for name in variants] + list(TABLES)
     if problems:
         raise PreflightError(problems, source=source)
-    return RunPlan(params=params, tasks=chosen, nodes=nodes, changed=params != current)
+    return RunPlan(params=params, tasks=chosen, nodes=nodes, changed=params != current, table_stages=table_stages)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -620,6 +640,19 @@ def register_task(root: str, task_name: str) -> bool:
     return repro(Path(root), f"register@{task_name}")
 
 
+@task(
+    name="table",
+    task_run_name="{stage}",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
+def table_stage_task(root: str, stage: str) -> bool:
+    """DVC stage ``ablation@<variant>`` (trains and scores one variant) or ``tableN`` / ``figure4`` (writes it)."""
+    return repro(Path(root), stage)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The results artifact
 
@@ -681,8 +714,11 @@ def _mlflow_links(uri: str, run_ids: Sequence[str]) -> dict[str, str]:
     return links
 
 
-def results_markdown(root: Path, results: Sequence[TaskResult]) -> str:
-    """The flow run's results table: input -> restored PSNR/SSIM, registered version, champion, MLflow links."""
+def results_markdown(root: Path, results: Sequence[TaskResult], tables: Sequence[str] = ()) -> str:
+    """The flow run's results table: input -> restored PSNR/SSIM, registered version, champion, MLflow links.
+
+    ``tables``: the paper-table stages this run completed (their report files are listed below the table).
+    """
     from pipelines.run import FLOOR_DB
     from pipelines.tracking import tracking_uri
 
@@ -720,6 +756,9 @@ def results_markdown(root: Path, results: Sequence[TaskResult]) -> str:
     ]
     if not http:
         lines.append(f"Open the runs with `mlflow ui --backend-store-uri {uri}`.")
+    written = [f"`reports/{t}.md`" for t in tables if not t.startswith("ablation@")]
+    if written:
+        lines += ["", f"Paper tables (MLflow experiment `paper-tables`): {', '.join(written)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -736,13 +775,14 @@ def ast_pipeline(
     node_deployment: str = f"{NODE_FLOW_NAME}/local",
     master_addr: str | None = None,
     max_parallel_tasks: int = 1,
+    tables: bool = True,
     root: str | None = None,
 ) -> dict[str, Any]:
-    """The whole pipeline: prepare -> shard -> per task: train -> evaluate -> register (each a DVC stage).
+    """The whole pipeline: prepare -> shard -> per task: train -> evaluate -> register, then the paper tables.
 
     Args:
         tasks: task names of ``params.yaml: tasks`` to run (None: all). ``dvc status`` is clean after the
-            run only when every task ran.
+            run only when every task ran and ``tables`` is true.
         overrides: dotted params keys -> values, checked before any work and then written into
             ``params.yaml`` (``{"train.phases[0].lr": 5e-4}``).
         nodes: training nodes per task (one launcher each, one torchrun rendezvous).
@@ -751,6 +791,8 @@ def ast_pipeline(
         node_deployment: ``flow/deployment`` name of the node flow.
         master_addr: the rendezvous address (default: 127.0.0.1 locally, this host's address otherwise).
         max_parallel_tasks: how many tasks' train/evaluate/register chains run at once.
+        tables: then run the paper-table stages (``ablation@<variant>`` ..., ``table1`` ... ``figure4``), one
+            after another, once every task completed; false: the tasks only (the table stages stay stale).
         root: the repository (default: the working directory, which a deployment's pull step sets).
 
     Returns:
@@ -759,7 +801,7 @@ def ast_pipeline(
     logger = get_run_logger()
     forward_termination()  # a cancelled run stops its DVC stages and trainings too
     repo = Path(root or os.getcwd()).resolve()
-    plan = plan_run(repo, tasks, overrides, nodes)  # a PreflightError fails the run here: no task started
+    plan = plan_run(repo, tasks, overrides, nodes, tables)  # a PreflightError fails the run here: no task started
     if plan.changed:
         # Checked above; written atomically, comments kept (as `dvc exp run -S`): dvc.lock records them.
         write_overrides(repo / PARAMS_FILE, overrides or {})
@@ -788,18 +830,29 @@ def ast_pipeline(
         registered = register_task.submit(root_s, name, wait_for=[evaluated])
         chains.append((name, [trained, evaluated, registered]))
     wait([prep, shards, *(f for _, fs in chains for f in fs)])
+    task_futures = [prep, shards, *(f for _, fs in chains for f in fs)]
+    tabled: list[str] = []
+    if plan.table_stages and all(f.state.is_completed() for f in task_futures):
+        # One at a time: each ablation run uses every core; a failed stage stops the ones after it.
+        for stage in plan.table_stages:
+            future = table_stage_task.submit(root_s, stage)
+            future.wait()
+            if not future.state.is_completed():
+                task_futures.append(future)  # raised below, once the artifact is written
+                break
+            tabled.append(stage)
 
     results = []
     for name, futures in chains:
         failed = [f for f in futures if not f.state.is_completed()]
         results.append(results_of(repo, name, "ok" if not failed else f"{failed[0].state.name}"))
     create_markdown_artifact(
-        results_markdown(repo, results),
+        results_markdown(repo, results, tabled),
         key=ARTIFACT_KEY,
         description="Per task: test PSNR/SSIM of the input and the restored images, the "
         "registered model version and the champion decision",
     )
-    for future in (prep, shards, *(f for _, fs in chains for f in fs)):
+    for future in task_futures:
         if future.state.is_failed() or future.state.is_crashed():
             future.result()  # raises the first failure: the flow run fails with it
     not_run = [r.task for r in results if r.status != "ok"]
@@ -866,6 +919,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override a params key (value parsed as YAML), e.g. 'tasks.rain.train.schedule.min_lr=1.0e-6'",
     )
     p.add_argument("--max-parallel-tasks", type=int, default=1)
+    p.add_argument(
+        "--no-tables", dest="tables", action="store_false", help="skip the paper-table stages after the tasks"
+    )
     args = p.parse_args(argv)
     overrides = {}
     for item in args.set:
@@ -879,6 +935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides=overrides,
         nodes=args.nodes,
         max_parallel_tasks=args.max_parallel_tasks,
+        tables=args.tables,
         return_state=True,
     )
     if state.is_completed():

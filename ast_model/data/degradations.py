@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, signal
-from skimage.transform import resize
+
+# SciPy and scikit-image are imported inside the functions that use them: this module's parameter classes
+# are read by every stage's config (ast_model.data.config), and those imports cost ~1 s per process.
 
 Params = dict[str, Any]
 
@@ -190,6 +191,8 @@ def rain_layer(shape: tuple[int, int], params: Params) -> np.ndarray:
     Returns:
         float32 (H, W).
     """
+    from scipy import ndimage, signal
+
     noise_rng = np.random.default_rng(params["noise_seed"])
     h, w = shape
     grains = (noise_rng.random((h, w)) < params["density"]) * noise_rng.random((h, w))
@@ -276,6 +279,9 @@ def apply_drops(clean: np.ndarray, params: Params) -> np.ndarray:
     Returns:
         float32 (H, W, 3) in [0, 1].
     """
+    from scipy import ndimage
+    from skimage.transform import resize
+
     h, w = clean.shape[:2]
     out = clean.astype(np.float32).copy()
     for drop in params["drops"]:
@@ -312,6 +318,8 @@ def depth_from_disparity(disparity: np.ndarray) -> np.ndarray:
     Returns:
         float32 (H, W) in [0, 1], 1 = farthest.
     """
+    from scipy import ndimage
+
     disparity = np.asarray(disparity, dtype=np.float64)
     valid = np.isfinite(disparity) & (disparity > 0)
     if not valid.any():
@@ -338,6 +346,8 @@ def depth_proxy(clean: np.ndarray, proxy: Params | None = None) -> np.ndarray:
     Returns:
         float32 (H, W) in [0, 1], 1 = farthest.
     """
+    from scipy import ndimage
+
     h, w = clean.shape[:2]
     tilt = math.radians(proxy["tilt"]) if proxy else 0.0
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ast_model.data.embedded import EmbeddedPair
 from ast_model.data.files import (
     atomic_write_bytes,
     atomic_write_json,
@@ -22,6 +21,9 @@ from ast_model.data.files import (
     sha256_bytes,
 )
 from ast_model.data.sources.base import PairInfo
+
+if TYPE_CHECKING:  # the embedded generator imports scikit-image (~0.5 s): only the annotation needs it
+    from ast_model.data.embedded import EmbeddedPair
 
 MANIFEST = "manifest.json"
 FORMAT = 1

@@ -46,7 +46,6 @@ from torch import nn
 
 __all__ = [
     "CPU_AUTO_TILE",
-    "CPU_WORKER_TILE",
     "DEFAULT_BYTES_PER_PIXEL",
     "RestoreOptions",
     "available_memory",
@@ -74,16 +73,12 @@ Blend = Literal["cosine", "mean"]
 # at 128-512 px, rounded up. It decides when to tile and how large tiles may be; smaller models
 # (AST-T) need less, so it errs towards tiling.
 DEFAULT_BYTES_PER_PIXEL = 12_000
-# The largest tile ``ast-restore --tile auto`` uses on the CPU. Measured for AST-T on 2 cores (fp32, 64 px
-# overlap): 384 px costs about the same CPU time per output pixel as 512 px (the overlap share falls from
-# 1.44x to 1.31x, but each pass gets slower per pixel) at ~60% of the forward pass's peak memory (~1.0 vs
-# ~1.3 GiB peak RSS of the process).
-CPU_AUTO_TILE = 384
-# The cap when several tiles run at once (``RestoreOptions.workers``): each worker holds one forward pass.
-# AST-T, 2 workers x 1 thread on 2 cores, fp32: 256 px tiles cost the same CPU time per pass pixel as 384 px
-# (~5.7 us) at ~0.85 vs ~1.3 GiB peak RSS of the passes; the 64 px overlap makes 256 px tiles ~23% more
-# pass pixels, the price of staying within 2 GiB on an 8000 x 6000 photo.
-CPU_WORKER_TILE = 256
+# The largest tile ``ast-restore --tile auto`` (and the served model, the demo) uses on the CPU, whatever the
+# number of workers, so a restored image does not depend on how many cores the machine has. Measured for
+# AST-T on 2 cores, fp32, 64 px overlap: 256 px tiles cost the same CPU time per pass pixel as 384 px (~5.7 us)
+# at ~0.85 vs ~1.3 GiB peak RSS of 2 concurrent passes; the overlap makes 256 px tiles ~23% more pass pixels
+# than 384 px, the price of staying within 2 GiB with 2 workers on an 8000 x 6000 photo.
+CPU_AUTO_TILE = 256
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MIN_TILE = 32
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from pipelines.tables import (
     TABLES,
+    TASK_OF,
     Stat,
     Table,
     differences_sentence,
@@ -44,7 +45,6 @@ from pipelines.tables import (
     verdict_sentence,
 )
 
-TASK_OF = {"table1": "rain", "table2": "raindrop", "table3": "haze", "table10": "rain"}
 MLFLOW_EXPERIMENT = "paper-tables"
 
 # Why our computed Params / MACs differ from the paper's where they do (docs/ablations.md has the derivation).
@@ -319,8 +319,15 @@ def build_figure4(paper: dict[str, Any], record: dict[str, Any]) -> tuple[Table,
     return table, mean_weights
 
 
-def _task_files(task: str, models: Path, metrics: Path) -> tuple[Any, Path]:
-    from ast_model.artifacts import EvaluationMetrics
+def _task_files(task: str, models: Path, metrics: Path, shards: Path) -> tuple[Any, Path]:
+    """The task's evaluation record and weights, checked against the test split it will be scored on again.
+
+    The stage lists ``metrics/<task>.json`` as a dependency instead of the task's shards (dvc.yaml cannot name
+    another task's dataset without failing to parse when that task is absent): the record pins the split by
+    its index hash, and ``evaluate@<task>`` reruns whenever the split changes, so the hash check here only
+    catches a record that is stale against the shards on disk.
+    """
+    from ast_model.artifacts import EvaluationMetrics, index_sha256
     from pipelines.errors import PreflightError
 
     path = EvaluationMetrics.path(metrics, task)
@@ -330,6 +337,15 @@ def _task_files(task: str, models: Path, metrics: Path) -> tuple[Any, Path]:
     weights = models / task / m.weights
     if not weights.is_file():
         raise PreflightError(f"{weights}: no weights of task {task!r} (run `dvc repro train@{task}`)")
+    split = shards / m.dataset / m.split
+    try:
+        current = index_sha256(split)
+    except FileNotFoundError as exc:
+        raise PreflightError(f"{exc} (run `dvc repro shard`)") from None
+    if m.test_index_sha256 and current != m.test_index_sha256:
+        raise PreflightError(
+            f"{path}: scored a different {m.split} split than {split} holds now (run `dvc repro evaluate@{task}`)"
+        )
     return m, weights
 
 
@@ -344,7 +360,7 @@ def build_task_table(
     from pipelines.tables import hardware
 
     task = TASK_OF[table]
-    m, weights = _task_files(task, models, metrics)
+    m, weights = _task_files(task, models, metrics, shards)
     spec = paper["tables"][table]
     cells = [[r["name"], "reported (paper)", fmt(r["psnr"]), fmt(r["ssim"], 4)] for r in spec["rows"]]
     csv_rows = [{"name": r["name"], "source": "reported", "psnr": r["psnr"], "ssim": r["ssim"]} for r in spec["rows"]]
@@ -394,7 +410,7 @@ def build_table10(paper: dict[str, Any], models: Path, metrics: Path, shards: Pa
     from pipelines.tables import hardware
 
     task = TASK_OF["table10"]
-    m, weights = _task_files(task, models, metrics)
+    m, weights = _task_files(task, models, metrics, shards)
     model = load_checkpoint(weights)
     inputs, restored, too_small = [], [], 0
     for _key, degraded, _target in split_pairs(shards / m.dataset / m.split, None):  # the target is not read

@@ -195,8 +195,13 @@ def _deployment_run(stack: Stack, parameters: dict[str, Any], log_name: str) -> 
     return result.returncode, found.group(1), seconds
 
 
+# What a `tables: false` run of the tiny pipeline reproduces (`dvc status` of a stage covers its upstream too);
+# the paper-table stages need all three tasks (tests/integration/test_tables_pipeline.py runs them).
+TASK_STAGES = (f"train@{TINY_TASK}", f"evaluate@{TINY_TASK}", f"register@{TINY_TASK}")
+
+
 def _dvc_status(stack: Stack) -> dict:
-    return json.loads(_ok(_cli(stack, "dvc", "status", "--json")).strip() or "{}")
+    return json.loads(_ok(_cli(stack, "dvc", "status", "--json", *TASK_STAGES)).strip() or "{}")
 
 
 def _lock_outs(stack: Stack) -> list[str]:
@@ -237,7 +242,7 @@ def test_deployment_run_on_two_node_deployments_registers_and_leaves_dvc_clean(s
     from pipelines.gate import RegistryRecord
 
     status, run_id, seconds = _deployment_run(
-        stack, {"overrides": TINY_OVERRIDES, "nodes": 2, "node_runner": "deployment"}, "pipeline"
+        stack, {"overrides": TINY_OVERRIDES, "nodes": 2, "node_runner": "deployment", "tables": False}, "pipeline"
     )
     logs = _logs(stack, [run_id])
     assert status == 0, "\n".join(logs[-80:])
@@ -312,7 +317,9 @@ def test_two_local_nodes_resume_from_the_checkpoint_after_a_node_dies(stack: Sta
     watcher = threading.Thread(target=_kill_rank0_after, args=(stack.repo, 8, time.time(), stop, killed), daemon=True)
     watcher.start()
     try:
-        status, run_id, seconds = _deployment_run(stack, {"overrides": overrides, "nodes": 2}, "resume")
+        status, run_id, seconds = _deployment_run(
+            stack, {"overrides": overrides, "nodes": 2, "tables": False}, "resume"
+        )
     finally:
         stop.set()
         watcher.join(timeout=10)
@@ -344,7 +351,15 @@ def _stage_processes(repo: Path) -> list[str]:
 def test_cancelling_a_flow_run_stops_its_stage_processes(stack: Stack) -> None:
     overrides = {**TINY_OVERRIDES, "train.phases": [{**TINY_PHASE, "steps": 5000}]}  # minutes: still running
     created = _ok(
-        _cli(stack, "prefect", "deployment", "run", PIPELINE, "--params", json.dumps({"overrides": overrides}))
+        _cli(
+            stack,
+            "prefect",
+            "deployment",
+            "run",
+            PIPELINE,
+            "--params",
+            json.dumps({"overrides": overrides, "tables": False}),
+        )
     )
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", created).group(1)
     deadline = time.monotonic() + RUN_TIMEOUT_S

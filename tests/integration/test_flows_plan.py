@@ -42,6 +42,21 @@ def test_valid_overrides_plan_all_tasks_and_change_the_params(repo: Path) -> Non
     assert default.tasks == ["rain", "raindrop", "haze"] and not default.changed
 
 
+def test_tables_run_every_ablation_variant_then_every_table_and_need_all_three_tasks(repo: Path) -> None:
+    from pipelines.tables import TABLES
+
+    plan = plan_run(repo, None, {}, nodes=1, tables=True)
+    variants = list(plan.params["tables"]["variants"])
+    assert len(variants) == 17
+    assert plan.table_stages == [f"ablation@{v}" for v in variants] + list(TABLES)
+    assert plan_run(repo, None, {}, nodes=1, tables=False).table_stages == []
+    with pytest.raises(PreflightError) as caught:
+        plan_run(repo, ["rain"], {}, nodes=1, tables=True)  # table2/table3 score raindrop and haze
+    assert "tables=true" in caught.value.problems[0] and "raindrop, haze" in caught.value.problems[0]
+    with pytest.raises(PreflightError):
+        plan_run(repo, None, TINY_OVERRIDES, nodes=1, tables=True)  # the tiny profile has the rain task only
+
+
 def test_the_stage_status_comes_from_dvc_s_message_and_decides_the_retry() -> None:
     tail = [
         "train: params.yaml: tasks.rain.train.lrr: unknown key",

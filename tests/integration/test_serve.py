@@ -149,7 +149,7 @@ def test_served_champion_answers_a_png_like_ast_restore_and_rejects_bad_requests
     env = _env(registered["uri"])
     rng = np.random.default_rng(3)
     small = (rng.random((45, 61, 3)) * 255).astype(np.uint8)
-    large = (rng.random((400, 450, 3)) * 255).astype(np.uint8)  # > 384 px: tiles on the CPU
+    large = (rng.random((400, 450, 3)) * 255).astype(np.uint8)  # > CPU_AUTO_TILE: tiles on the CPU
     (tmp_path / "in").mkdir()
     for name, pixels in (("small", small), ("large", large)):
         Image.fromarray(pixels).save(tmp_path / "in" / f"{name}.png")

@@ -104,3 +104,18 @@ def test_the_closure_sees_lazy_imports() -> None:
         "pipelines/tracking.py",
         "ast_model/__init__.py",
     } <= files
+
+
+def test_dvc_yaml_parses_when_params_define_one_task(tmp_path: Path) -> None:
+    """No stage names another task's keys (``${tasks.haze.dataset}``): with one task, DVC still reads every stage."""
+    from dvc.repo import Repo
+
+    Repo.init(str(tmp_path), no_scm=True).close()
+    (tmp_path / "dvc.yaml").write_bytes((REPO / "dvc.yaml").read_bytes())
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["tasks"] = {"rain": params["tasks"]["rain"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    with Repo(str(tmp_path)) as repo:
+        names = {stage.name for stage in repo.index.stages}
+    assert {"train@rain", "register@rain", "table1", "table2", "figure4"} <= names
+    assert "train@haze" not in names

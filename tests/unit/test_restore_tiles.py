@@ -248,3 +248,18 @@ def test_cli_workers_leave_the_callers_thread_count(checkpoint: Path, tmp_path: 
         main([*args, "--workers", "0"])
     assert exc.value.code == 2
     assert "workers must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_auto_tiles_give_the_same_pixels_for_any_worker_count(checkpoint: Path, tmp_path: Path) -> None:
+    """One CPU tile cap whatever --workers: a 1-core and a 16-core machine restore an image identically."""
+    from ast_model.cli import main
+    from ast_model.eval.restore import CPU_AUTO_TILE
+
+    src = tmp_path / "big.png"
+    Image.fromarray(_image(CPU_AUTO_TILE + 20, CPU_AUTO_TILE + 50, np.uint8)).save(src)  # tiles on the CPU
+    outs = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"out{workers}"
+        assert main([str(src), str(out), "--model", str(checkpoint), "--workers", workers, "--quiet"]) == 0
+        outs.append(np.asarray(Image.open(out / "big.png")))
+    np.testing.assert_array_equal(outs[0], outs[1])

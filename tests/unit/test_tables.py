@@ -207,11 +207,12 @@ def _tiny_task(root: Path, task: str, tiny_ast: dict) -> None:
     import torch
 
     from ast_model import create_model, save_checkpoint
-    from ast_model.artifacts import EvaluationMetrics
+    from ast_model.artifacts import EvaluationMetrics, index_sha256
     from ast_model.data.files import sha256_file
     from tests.shards import write_tiny_split
 
-    write_tiny_split(root / "shards" / "tinyset" / "test", 2, 1, size=192, info={"task": task})
+    split = root / "shards" / "tinyset" / "test"
+    write_tiny_split(split, 2, 1, size=192, info={"task": task})
     torch.manual_seed(0)
     weights = save_checkpoint(create_model("ast_t", **tiny_ast), root / "models" / task / "final.pt")
     EvaluationMetrics(
@@ -231,7 +232,7 @@ def _tiny_task(root: Path, task: str, tiny_ast: dict) -> None:
         weights="final.pt",
         variant="ast_t",
         checkpoint_sha256=sha256_file(weights)[0],
-        test_index_sha256="0" * 64,
+        test_index_sha256=index_sha256(split),
         training_steps=8,
     ).save(root / "metrics" / f"{task}.json")
 
@@ -267,5 +268,27 @@ def test_task_tables_and_niqe_table_from_a_tiny_task_model(tmp_path, tiny_ast) -
     assert [r["name"] for r in t10][-2:] == ["input (ours)", "AST-T (ours)"]
     assert all(float(r["niqe"]) > 0 for r in t10)
     assert "no ground truth" in (tmp_path / "out" / "table10.md").read_text()
+
     with pytest.raises(PreflightError, match="no metrics of task 'haze'"):
         stage.run("table3", ROOT / "params.yaml", track=False, **kwargs)
+
+
+def test_a_task_table_refuses_a_record_of_another_test_split(tmp_path, tiny_ast) -> None:
+    """The table stage depends on metrics/<task>.json, not the shards: it checks the record's split hash."""
+    from pipelines.errors import PreflightError
+    from pipelines.stages import tables as stage
+
+    _tiny_task(tmp_path, "rain", tiny_ast)
+    index = tmp_path / "shards" / "tinyset" / "test" / "index.json"
+    index.write_text(index.read_text() + " ")  # re-sharded since the evaluate stage scored it
+    with pytest.raises(PreflightError, match=r"rain\.json: scored a different test split .* evaluate@rain"):
+        stage.run(
+            "table1",
+            ROOT / "params.yaml",
+            track=False,
+            models=tmp_path / "models",
+            metrics=tmp_path / "metrics",
+            shards=tmp_path / "shards",
+            out=tmp_path / "out",
+        )
+    assert not (tmp_path / "out" / "table1.md").exists()
