@@ -648,9 +648,45 @@ def register_task(root: str, task_name: str) -> bool:
     retry_condition_fn=retry_unless_user_error,
     cache_policy=NO_CACHE,
 )
-def table_stage_task(root: str, stage: str) -> bool:
+def table_stage_task(root: str, stage: str, env: dict[str, str] | None = None) -> bool:
     """DVC stage ``ablation@<variant>`` (trains and scores one variant) or ``tableN`` / ``figure4`` (writes it)."""
-    return repro(Path(root), stage)
+    return repro(Path(root), stage, env=env)
+
+
+def run_table_stages(root: str, stages: Sequence[str]) -> tuple[list[str], list[PrefectFuture]]:
+    """The ablation stages side by side as ``make run`` runs them (pipelines.run), then the tables in order.
+
+    No stage starts after a failure; the running ones finish.
+
+    Returns:
+        The stages that completed, and the futures of those that failed.
+    """
+    from pipelines.run import SIDE_BY_SIDE_GROUP, side_by_side_threads, side_by_side_workers
+
+    group = [s for s in stages if s.startswith(f"{SIDE_BY_SIDE_GROUP}@")]
+    rest = [s for s in stages if s not in group]
+    workers = side_by_side_workers(len(group))
+    env = {"OMP_NUM_THREADS": str(side_by_side_threads(workers))} if workers > 1 else None
+    done: list[str] = []
+    failures: list[PrefectFuture] = []
+    running: list[tuple[str, PrefectFuture]] = []
+    queue = [(s, env) for s in group] + [(s, None) for s in rest]
+    while queue or running:
+        # The ablation stages `workers` at a time; each table stage alone, after every ablation stage.
+        while queue and not failures and (queue[0][1] is not None or not running) and len(running) < workers:
+            stage, stage_env = queue.pop(0)
+            running.append((stage, table_stage_task.submit(root, stage, stage_env)))
+        if not running:
+            break
+        finished = wait([f for _, f in running], timeout=POLL_S).done
+        for stage, future in [(s, f) for s, f in running if f in finished]:
+            running.remove((stage, future))
+            future.wait()  # done here can precede the final state the task run reports
+            if future.state.is_completed():
+                done.append(stage)
+            else:
+                failures.append(future)
+    return done, failures
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -833,14 +869,8 @@ def ast_pipeline(
     task_futures = [prep, shards, *(f for _, fs in chains for f in fs)]
     tabled: list[str] = []
     if plan.table_stages and all(f.state.is_completed() for f in task_futures):
-        # One at a time: each ablation run uses every core; a failed stage stops the ones after it.
-        for stage in plan.table_stages:
-            future = table_stage_task.submit(root_s, stage)
-            future.wait()
-            if not future.state.is_completed():
-                task_futures.append(future)  # raised below, once the artifact is written
-                break
-            tabled.append(stage)
+        tabled, table_failures = run_table_stages(root_s, plan.table_stages)
+        task_futures += table_failures  # raised below, once the artifact is written
 
     results = []
     for name, futures in chains:

@@ -8,6 +8,13 @@ PSNR/SSIM, whether the embedded default's floor (+3 dB and a higher SSIM) is met
 and whether it became champion, where the sample grids and the learning-curve page are, and the command
 that opens the MLflow UI on these runs.
 
+DVC runs one stage at a time. The ablation variants of the paper tables (``ablation@<variant>``, docs/tables.md)
+are many small independent trainings that cannot keep several cores busy each, so ``make run`` reproduces in
+three steps: the tasks (``dvc repro register``), then the ablation stages side by side (one
+``dvc --wait-for-lock repro --single-item ablation@<variant>`` per core, up to 4, each with its share of the
+cores; their outputs are the same whatever the thread count), then ``dvc repro`` of the rest (the tables). The
+result, ``dvc.lock`` included, is what a plain ``dvc repro`` gives.
+
     python -m pipelines.run [--params params.yaml] [--no-repro]
 """
 
@@ -17,6 +24,8 @@ import argparse
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ast_model.config import read_params
@@ -32,15 +41,122 @@ def pipeline_env(root: Path) -> dict[str, str]:
     return env
 
 
-def repro(root: Path) -> int:
-    """Run ``dvc repro`` in ``root``; returns DVC's exit status (the failing stage has said why above)."""
+SIDE_BY_SIDE_GROUP = "ablation"  # the foreach stages make run reproduces several at a time
+MAX_SIDE_BY_SIDE = 4
+LOG_DIR = Path("checkpoints") / "logs"  # one log per stage run side by side (ignored by git)
+
+
+def _dvc() -> str:
     dvc = Path(sys.executable).parent / "dvc"
-    cmd = [str(dvc) if dvc.exists() else "dvc", "repro"]
+    return str(dvc) if dvc.exists() else "dvc"
+
+
+def repro(root: Path, targets: Sequence[str] = ()) -> int:
+    """Run ``dvc repro [targets]`` in ``root``; returns DVC's exit status (the failing stage has said why above)."""
+    cmd = [_dvc(), "repro", *targets]
     print("$", " ".join(cmd), flush=True)
     status = subprocess.call(cmd, cwd=root, env=pipeline_env(root))
     if status:
         print(f"make run: dvc repro failed with status {status} (the stage's message is above)", file=sys.stderr)
     return status
+
+
+def group_stages(root: Path, group: str) -> list[str]:
+    """The stages ``<group>@<key>`` of ``dvc.yaml`` (a ``foreach`` group), in file order."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return [stage.name for stage in repo.index.stages if stage.name.startswith(f"{group}@")]
+
+
+def side_by_side_threads(workers: int) -> int:
+    """Threads of each of ``workers`` stages running at once: an equal share of the cores."""
+    from ast_model.runtime import cpu_count
+
+    return max(1, cpu_count() // workers)
+
+
+def side_by_side(root: Path, stages: Sequence[str], workers: int, *, poll_s: float = 0.5) -> int:
+    """Reproduce ``stages`` (independent of each other) ``workers`` at a time; returns the first failure's status.
+
+    Each runs as ``dvc --wait-for-lock repro --single-item <stage>`` (DVC holds its repository lock only while
+    it reads the pipeline and records a result, so the waits are short) with ``cores // workers`` threads,
+    its output in ``checkpoints/logs/<stage>.log``; one line per finished stage here. After a failure no
+    further stage starts, the running ones finish, and the failed stage's last log lines are printed.
+    """
+    threads = side_by_side_threads(workers)
+    env = {**pipeline_env(root), "OMP_NUM_THREADS": str(threads)}
+    logs = root / LOG_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    print(
+        f"make run: {len(stages)} {SIDE_BY_SIDE_GROUP} stages, {workers} at a time with {threads} thread(s) each "
+        f"(logs: {LOG_DIR}/<stage>.log)",
+        flush=True,
+    )
+    pending = list(stages)
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    failed: list[tuple[str, int]] = []
+    done = 0
+    while pending or running:
+        while pending and len(running) < workers and not failed:
+            stage = pending.pop(0)
+            with (logs / f"{stage}.log").open("w") as log:  # the child keeps its own descriptor
+                proc = subprocess.Popen(
+                    [_dvc(), "--wait-for-lock", "repro", "--single-item", stage],
+                    cwd=root,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            running[stage] = (proc, time.monotonic())
+        if failed and not running:
+            break
+        time.sleep(poll_s)
+        for stage, (proc, start) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[stage]
+            done += 1
+            took = time.monotonic() - start
+            if proc.returncode:
+                failed.append((stage, proc.returncode))
+                print(
+                    f"[{done}/{len(stages)}] {stage}: FAILED (status {proc.returncode}) after {took:.0f} s", flush=True
+                )
+            else:
+                print(f"[{done}/{len(stages)}] {stage}: done in {took:.0f} s", flush=True)
+    if not failed:
+        return 0
+    stage, status = failed[0]
+    tail = (logs / f"{stage}.log").read_text(errors="replace").splitlines()[-30:]
+    print("\n".join(tail), file=sys.stderr)
+    print(
+        f"make run: {stage} failed with status {status} (its output: {LOG_DIR / (stage + '.log')}; last lines above)",
+        file=sys.stderr,
+    )
+    return status
+
+
+def side_by_side_workers(stages: int) -> int:
+    """How many ablation stages run at once: one per core, at most 4; one on a GPU machine."""
+    import torch
+
+    from ast_model.runtime import cpu_count
+
+    if torch.cuda.is_available():  # the stages train on the GPU: they would share it, not split the cores
+        return 1
+    return max(1, min(cpu_count(), MAX_SIDE_BY_SIDE, stages))
+
+
+def reproduce_all(root: Path) -> int:
+    """Everything ``dvc repro`` reproduces, with the ablation stages side by side on a multi-core machine."""
+    stages = group_stages(root, SIDE_BY_SIDE_GROUP)
+    workers = side_by_side_workers(len(stages))
+    if workers > 1:
+        status = repro(root, ["register"]) or side_by_side(root, stages, workers)
+        if status:
+            return status
+    return repro(root)
 
 
 FLOOR_DB = 3.0  # the embedded default's promise: each task beats its degraded input by this much, SSIM too
@@ -130,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             problem = tracking_problem()
             if problem:
                 raise PreflightError(problem)
-            status = repro(root)
+            status = reproduce_all(root)
             if status:
                 return status
         params = read_params(root / args.params)
