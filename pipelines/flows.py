@@ -667,6 +667,10 @@ def run_table_stages(root: str, stages: Sequence[str]) -> tuple[list[str], list[
     rest = [s for s in stages if s not in group]
     workers = side_by_side_workers(len(group))
     env = {"OMP_NUM_THREADS": str(side_by_side_threads(workers))} if workers > 1 else None
+    if workers > 1:
+        from pipelines.tracking import create_local_store
+
+        create_local_store(Path(root))  # the stages would race to create a new store's tables
     done: list[str] = []
     failures: list[PrefectFuture] = []
     running: list[tuple[str, PrefectFuture]] = []

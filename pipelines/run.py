@@ -84,6 +84,9 @@ def side_by_side(root: Path, stages: Sequence[str], workers: int, *, poll_s: flo
     its output in ``checkpoints/logs/<stage>.log``; one line per finished stage here. After a failure no
     further stage starts, the running ones finish, and the failed stage's last log lines are printed.
     """
+    from pipelines.tracking import create_local_store
+
+    create_local_store(root)  # before the stages start: they would race to create a new store's tables
     threads = side_by_side_threads(workers)
     env = {**pipeline_env(root), "OMP_NUM_THREADS": str(threads)}
     logs = root / LOG_DIR

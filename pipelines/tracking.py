@@ -206,6 +206,18 @@ def client(root: str | Path | None = None) -> Any:
     return MlflowClient(tracking_uri=tracking_uri(root))
 
 
+def create_local_store(root: str | Path | None = None) -> None:
+    """Create the SQLite store's tables now if :func:`tracking_uri` is a SQLite store that has none yet.
+
+    Processes started side by side on a new store would otherwise all run MLflow's schema creation at once
+    and race on it. A server store, or a store that exists, is left alone (nothing is contacted).
+    """
+    uri = tracking_uri(root)
+    if not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).exists():
+        return
+    client(root).search_experiments(max_results=1)  # the store's first use creates its tables
+
+
 def experiment_id(mlflow_client: Any, name: str, root: str | Path | None = None) -> str:
     """Id of experiment ``name``, created if absent.
 

@@ -1,6 +1,7 @@
 """`dvc repro` of the paper-table stages at test size, in a temporary git copy of the project: every table file
 is regenerated with every row, the runs land in MLflow as one parent per table with nested variant runs, and
-`dvc plots show` draws Figure 4 and the per-variant PSNR.
+`dvc plots show` draws Figure 4 and the per-variant PSNR. The ablation stages run side by side first, as
+`make run` runs them.
 
 The tiny profile (tests/tiny_pipeline.py) with three tasks on its one small dataset, and the ablation budget
 cut to the tiny AST for 2 steps: every real stage runs (prepare, shard, train@, evaluate@, all 17 ablation@
@@ -40,7 +41,7 @@ def test_dvc_repro_regenerates_every_table_with_every_row(tmp_path, torch_extens
     from mlflow import MlflowClient
 
     from pipelines.params import write_overrides
-    from pipelines.run import pipeline_env
+    from pipelines.run import group_stages, pipeline_env, side_by_side, side_by_side_workers
     from pipelines.tables import TABLES, paper_tables, variants_of
 
     work = project_repo(tmp_path / "repo")
@@ -53,6 +54,12 @@ def test_dvc_repro_regenerates_every_table_with_every_row(tmp_path, torch_extens
     write_overrides(work / "params.yaml", TABLE_OVERRIDES)
     env = {**pipeline_env(work), "PYTHONPATH": str(work)}
     dvc = str(BIN / "dvc")
+    # As `make run` does: the ablation stages side by side (pipelines.run), then `dvc repro` of the tables,
+    # which trains the three tasks and writes every table (the ablation stages are up to date by then).
+    _run([dvc, "repro", "shard"], work, env)
+    ablation = group_stages(work, "ablation")
+    assert len(ablation) == 17
+    assert side_by_side(work, ablation, side_by_side_workers(len(ablation))) == 0
     _run([dvc, "repro", *TABLES], work, env)
 
     paper = paper_tables()

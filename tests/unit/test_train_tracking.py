@@ -123,3 +123,21 @@ def test_the_training_data_is_an_mlflow_dataset_input_with_its_index_hash(tmp_pa
     assert profile["samples"] == 4 and profile["shards"] == 2 and profile["index_sha256"] == index_sha256(split)
     assert profile["data.dvc.data/shards"] == "abc123.dir"
     assert [(tag.key, tag.value) for tag in inputs[0].tags] == [("mlflow.data.context", "training")]
+
+
+def test_a_new_local_store_gets_its_tables_before_stages_start_side_by_side(tmp_path: Path, monkeypatch) -> None:
+    import sqlite3
+
+    from pipelines.tracking import create_local_store
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    create_local_store(tmp_path)
+    db = tmp_path / "mlflow.db"
+    tables = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"experiments", "runs", "alembic_version"} <= tables
+    before = db.stat().st_mtime_ns
+    create_local_store(tmp_path)  # an existing store is not touched
+    assert db.stat().st_mtime_ns == before
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # a server store: nothing is contacted
+    create_local_store(tmp_path)
