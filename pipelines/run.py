@@ -62,11 +62,20 @@ def repro(root: Path, targets: Sequence[str] = ()) -> int:
 
 
 def group_stages(root: Path, group: str) -> list[str]:
-    """The stages ``<group>@<key>`` of ``dvc.yaml`` (a ``foreach`` group), in file order."""
-    from dvc.repo import Repo
+    """The stages ``<group>@<key>`` of ``dvc.yaml`` (a ``foreach`` group), in file order (``dvc stage list``)."""
+    out = subprocess.run(
+        [_dvc(), "stage", "list", "--name-only"],
+        cwd=root,
+        env=pipeline_env(root),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        from pipelines.errors import PreflightError
 
-    with Repo(str(root)) as repo:
-        return [stage.name for stage in repo.index.stages if stage.name.startswith(f"{group}@")]
+        raise PreflightError(f"dvc stage list failed: {out.stderr.strip()}", source=str(root / "dvc.yaml"))
+    return [name for name in out.stdout.split() if name.startswith(f"{group}@")]
 
 
 def side_by_side_threads(workers: int) -> int:
