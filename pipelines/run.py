@@ -160,12 +160,31 @@ def side_by_side_workers(stages: int) -> int:
     return max(1, min(cpu_count(), MAX_SIDE_BY_SIDE, stages))
 
 
+def stale_stages(root: Path, stages: Sequence[str]) -> list[str]:
+    """The ``stages`` that ``dvc status`` reports as changed (all of them if the status cannot be read)."""
+    import json
+
+    out = subprocess.run(
+        [_dvc(), "status", "--json", *stages], cwd=root, env=pipeline_env(root), capture_output=True, text=True
+    )
+    try:
+        changed = json.loads(out.stdout or "{}") if out.returncode == 0 else None
+    except json.JSONDecodeError:
+        changed = None
+    return list(stages) if changed is None else [s for s in stages if s in changed]
+
+
 def reproduce_all(root: Path) -> int:
     """Everything ``dvc repro`` reproduces, with the ablation stages side by side on a multi-core machine."""
     stages = group_stages(root, SIDE_BY_SIDE_GROUP)
+    if stages:
+        status = repro(root, ["register"])  # the tasks first (and the shards the ablation stages read)
+        if status:
+            return status
+        stages = stale_stages(root, stages)
     workers = side_by_side_workers(len(stages))
     if workers > 1:
-        status = repro(root, ["register"]) or side_by_side(root, stages, workers)
+        status = side_by_side(root, stages, workers)
         if status:
             return status
     return repro(root)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.run import LOG_DIR, group_stages, pipeline_env, side_by_side
+from pipelines.run import LOG_DIR, group_stages, pipeline_env, side_by_side, stale_stages
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,9 @@ def test_stages_side_by_side_record_one_lock_and_leave_dvc_clean(tmp_path: Path,
     root = _scratch_repo(tmp_path, keys)
     stages = group_stages(root, "ablation")  # table1 is not in the group
     assert stages == [f"ablation@{k}" for k in keys]
+    assert stale_stages(root, stages) == stages
     assert side_by_side(root, stages, workers=3, poll_s=0.1) == 0
+    assert stale_stages(root, stages) == []  # a second make run starts none of them
     assert _status(root, "ablation") == {}
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert sorted(lock) == sorted(stages)
