@@ -54,6 +54,7 @@ from prefect.utilities.annotations import allow_failure
 
 from pipelines.errors import EXIT_USER, PreflightError
 from pipelines.params import write_overrides
+from pipelines.run import dvc_executable
 
 FLOW_NAME = "ast-pipeline"
 NODE_FLOW_NAME = "ast-train-node"
@@ -216,11 +217,6 @@ def stage_env(root: Path, extra: Mapping[str, str] | None = None) -> dict[str, s
     return env
 
 
-def _dvc() -> str:
-    exe = Path(sys.executable).parent / "dvc"
-    return str(exe) if exe.exists() else "dvc"
-
-
 _LIVE: set[Proc] = set()  # commands running now, for the termination forwarding below
 _TERMINATING = threading.Event()  # set once a termination signal was forwarded: nothing is retried then
 
@@ -361,7 +357,10 @@ def repro(root: Path, stage: str, *, env: Mapping[str, str] | None = None, logge
     """
     logger = logger or get_run_logger()
     proc = Proc(
-        [_dvc(), "--wait-for-lock", "repro", "--single-item", stage], cwd=root, env=stage_env(root, env), logger=logger
+        [dvc_executable(), "--wait-for-lock", "repro", "--single-item", stage],
+        cwd=root,
+        env=stage_env(root, env),
+        logger=logger,
     )
     try:
         status = proc.wait()
@@ -391,7 +390,12 @@ def stage_command(root: Path, stage: str) -> list[str]:
 def up_to_date(root: Path, stage: str) -> bool:
     """``dvc status <stage>`` reports nothing: the stage's deps, params and outs match ``dvc.lock``."""
     out = subprocess.run(
-        [_dvc(), "status", "--json", stage], cwd=root, env=stage_env(root), capture_output=True, text=True, timeout=300
+        [dvc_executable(), "status", "--json", stage],
+        cwd=root,
+        env=stage_env(root),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if out.returncode:
         return False
@@ -502,7 +506,7 @@ def train_nodes(
     env0 = {"NNODES": str(nodes), "NODE_RANK": "0", "MASTER_ADDR": addr, "MASTER_PORT": str(port)}
     members: list[Any] = [
         Proc(
-            [_dvc(), "--wait-for-lock", "repro", "--single-item", stage],
+            [dvc_executable(), "--wait-for-lock", "repro", "--single-item", stage],
             cwd=root,
             env=stage_env(root, env0),
             logger=logger,

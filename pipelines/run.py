@@ -46,14 +46,15 @@ MAX_SIDE_BY_SIDE = 4
 LOG_DIR = Path("checkpoints") / "logs"  # one log per stage run side by side (ignored by git)
 
 
-def _dvc() -> str:
+def dvc_executable() -> str:
+    """The ``dvc`` beside this interpreter (the project's virtualenv), else the one on PATH."""
     dvc = Path(sys.executable).parent / "dvc"
     return str(dvc) if dvc.exists() else "dvc"
 
 
 def repro(root: Path, targets: Sequence[str] = ()) -> int:
     """Run ``dvc repro [targets]`` in ``root``; returns DVC's exit status (the failing stage has said why above)."""
-    cmd = [_dvc(), "repro", *targets]
+    cmd = [dvc_executable(), "repro", *targets]
     print("$", " ".join(cmd), flush=True)
     status = subprocess.call(cmd, cwd=root, env=pipeline_env(root))
     if status:
@@ -64,7 +65,7 @@ def repro(root: Path, targets: Sequence[str] = ()) -> int:
 def group_stages(root: Path, group: str) -> list[str]:
     """The stages ``<group>@<key>`` of ``dvc.yaml`` (a ``foreach`` group), in file order (``dvc stage list``)."""
     out = subprocess.run(
-        [_dvc(), "stage", "list", "--name-only"],
+        [dvc_executable(), "stage", "list", "--name-only"],
         cwd=root,
         env=pipeline_env(root),
         capture_output=True,
@@ -114,7 +115,7 @@ def side_by_side(root: Path, stages: Sequence[str], workers: int, *, poll_s: flo
             stage = pending.pop(0)
             with (logs / f"{stage}.log").open("w") as log:  # the child keeps its own descriptor
                 proc = subprocess.Popen(
-                    [_dvc(), "--wait-for-lock", "repro", "--single-item", stage],
+                    [dvc_executable(), "--wait-for-lock", "repro", "--single-item", stage],
                     cwd=root,
                     env=env,
                     stdout=log,
@@ -164,9 +165,8 @@ def stale_stages(root: Path, stages: Sequence[str]) -> list[str]:
     """The ``stages`` that ``dvc status`` reports as changed (all of them if the status cannot be read)."""
     import json
 
-    out = subprocess.run(
-        [_dvc(), "status", "--json", *stages], cwd=root, env=pipeline_env(root), capture_output=True, text=True
-    )
+    cmd = [dvc_executable(), "status", "--json", *stages]
+    out = subprocess.run(cmd, cwd=root, env=pipeline_env(root), capture_output=True, text=True)
     try:
         changed = json.loads(out.stdout or "{}") if out.returncode == 0 else None
     except json.JSONDecodeError:
@@ -195,10 +195,9 @@ FLOOR_DB = 3.0  # the embedded default's promise: each task beats its degraded i
 
 def plots_html(root: Path) -> Path | None:
     """``dvc plots show``: the learning curves of dvc.yaml's ``plots`` as one HTML page (None: it failed)."""
-    dvc = Path(sys.executable).parent / "dvc"
     out = root / "dvc_plots"
     status = subprocess.call(
-        [str(dvc) if dvc.exists() else "dvc", "plots", "show", "-o", str(out)],
+        [dvc_executable(), "plots", "show", "-o", str(out)],
         cwd=root,
         env=pipeline_env(root),
         stdout=subprocess.DEVNULL,
