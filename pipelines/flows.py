@@ -658,14 +658,14 @@ def table_stage_task(root: str, stage: str, env: dict[str, str] | None = None) -
 
 
 def run_table_stages(root: str, stages: Sequence[str]) -> tuple[list[str], list[PrefectFuture]]:
-    """The ablation stages side by side as ``make run`` runs them (pipelines.run), then the tables in order.
+    """The ablation stages side by side as ``make run`` runs them (pipelines.side_by_side), then the tables in order.
 
     No stage starts after a failure; the running ones finish.
 
     Returns:
         The stages that completed, and the futures of those that failed.
     """
-    from pipelines.run import SIDE_BY_SIDE_GROUP, side_by_side_threads, side_by_side_workers
+    from pipelines.side_by_side import SIDE_BY_SIDE_GROUP, side_by_side_threads, side_by_side_workers
 
     group = [s for s in stages if s.startswith(f"{SIDE_BY_SIDE_GROUP}@")]
     rest = [s for s in stages if s not in group]

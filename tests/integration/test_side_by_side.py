@@ -1,4 +1,4 @@
-"""The ablation stages side by side, as `make run` (pipelines.run.side_by_side) and the Prefect flow
+"""The ablation stages side by side, as `make run` (pipelines.side_by_side) and the Prefect flow
 (pipelines.flows.run_table_stages) run them, with real DVC processes in a scratch DVC repo: several
 `dvc --wait-for-lock repro --single-item` at once record every stage in one dvc.lock (`dvc status` clean
 after), the stage after them runs last, and a failing stage stops the ones not yet started."""
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.run import LOG_DIR, group_stages, pipeline_env, side_by_side, stale_stages
+from pipelines.run import pipeline_env
+from pipelines.side_by_side import LOG_DIR, group_stages, side_by_side, stale_stages
 
 pytestmark = pytest.mark.integration
 

@@ -41,7 +41,8 @@ def test_dvc_repro_regenerates_every_table_with_every_row(tmp_path, torch_extens
     from mlflow import MlflowClient
 
     from pipelines.params import write_overrides
-    from pipelines.run import group_stages, pipeline_env, side_by_side, side_by_side_workers
+    from pipelines.run import pipeline_env
+    from pipelines.side_by_side import group_stages, side_by_side, side_by_side_workers
     from pipelines.tables import TABLES, paper_tables, variants_of
 
     work = project_repo(tmp_path / "repo")
@@ -54,7 +55,7 @@ def test_dvc_repro_regenerates_every_table_with_every_row(tmp_path, torch_extens
     write_overrides(work / "params.yaml", TABLE_OVERRIDES)
     env = {**pipeline_env(work), "PYTHONPATH": str(work)}
     dvc = str(BIN / "dvc")
-    # As `make run` does: the ablation stages side by side (pipelines.run), then `dvc repro` of the tables,
+    # As `make run` does: the ablation stages side by side (pipelines.side_by_side), then `dvc repro` of the tables,
     # which trains the three tasks and writes every table (the ablation stages are up to date by then).
     _run([dvc, "repro", "shard"], work, env)
     ablation = group_stages(work, "ablation")
