@@ -677,23 +677,26 @@ def run_table_stages(root: str, stages: Sequence[str]) -> tuple[list[str], list[
         create_local_store(Path(root))  # the stages would race to create a new store's tables
     done: list[str] = []
     failures: list[PrefectFuture] = []
-    running: list[tuple[str, PrefectFuture]] = []
-    queue = [(s, env) for s in group] + [(s, None) for s in rest]
-    while queue or running:
-        # The ablation stages `workers` at a time; each table stage alone, after every ablation stage.
-        while queue and not failures and (queue[0][1] is not None or not running) and len(running) < workers:
-            stage, stage_env = queue.pop(0)
-            running.append((stage, table_stage_task.submit(root, stage, stage_env)))
-        if not running:
-            break
-        finished = wait([f for _, f in running], timeout=POLL_S).done
-        for stage, future in [(s, f) for s, f in running if f in finished]:
-            running.remove((stage, future))
-            future.wait()  # done here can precede the final state the task run reports
-            if future.state.is_completed():
-                done.append(stage)
-            else:
-                failures.append(future)
+
+    def in_windows(names: Sequence[str], window: int, stage_env: dict[str, str] | None) -> None:
+        """Run ``names`` at most ``window`` at a time; none starts once any stage has failed."""
+        queue = list(names)
+        running: list[tuple[str, PrefectFuture]] = []
+        while running or (queue and not failures):
+            while queue and not failures and len(running) < window:
+                stage = queue.pop(0)
+                running.append((stage, table_stage_task.submit(root, stage, stage_env)))
+            finished = wait([f for _, f in running], timeout=POLL_S).done
+            for stage, future in [(s, f) for s, f in running if f in finished]:
+                running.remove((stage, future))
+                future.wait()  # done here can precede the final state the task run reports
+                if future.state.is_completed():
+                    done.append(stage)
+                else:
+                    failures.append(future)
+
+    in_windows(group, workers, env)
+    in_windows(rest, 1, None)  # the tables read every ablation record: one after another, after the group
     return done, failures
 
 
