@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from ast_model.checkpoint import CheckpointError
 from ast_model.config import ConfigError
@@ -42,6 +42,14 @@ class PreflightError(Exception):
         self.problems = list(dict.fromkeys(line for line in lines if line.strip()))
         self.source, self.section = str(source), section
         super().__init__("\n".join(self.problems))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps source and section when pickled (a Prefect state or a worker process carries it).
+        return (_rebuild_preflight_error, (self.problems, self.source, self.section))
+
+
+def _rebuild_preflight_error(problems: list[str], source: str, section: str) -> PreflightError:
+    return PreflightError(problems, source=source, section=section)
 
 
 # The errors a user fixes without touching the code. FileNotFoundError: a missing checkpoint or input

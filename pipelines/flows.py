@@ -50,9 +50,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
+from prefect.states import Failed, State
 from prefect.utilities.annotations import allow_failure
 
-from pipelines.errors import EXIT_USER, PreflightError
+from pipelines.errors import EXIT_USER, PreflightError, format_error
 from pipelines.params import write_overrides
 from pipelines.run import dvc_executable
 
@@ -200,6 +201,33 @@ def plan_run(
     if problems:
         raise PreflightError(problems, source=source)
     return RunPlan(params=params, tasks=chosen, nodes=nodes, changed=params != current, table_stages=table_stages)
+
+
+def preflight(
+    root: Path, tasks: Sequence[str] | None, overrides: Mapping[str, Any] | None, nodes: int, tables: bool
+) -> RunPlan:
+    """Everything checked before a flow run starts a task: :func:`plan_run`, then the tracking store.
+
+    Raises:
+        PreflightError: the problems, one line each (config problems all together, else the store's).
+    """
+    plan = plan_run(root, tasks, overrides, nodes, tables)
+    check_tracking_store(root)  # a dead MLFLOW_TRACKING_URI: one line now, not after prepare and shard
+    return plan
+
+
+def check_tracking_store(root: Path) -> None:
+    """Probe the tracking store the stages will log to (short timeout), before any task starts.
+
+    Raises:
+        PreflightError: one line naming the URI, why it cannot be used and how to run without it.
+    """
+    from pipelines.tracking import tracking_problem
+
+    # The flow has no --local-store option: its stages use the local store when MLFLOW_TRACKING_URI is unset.
+    problem = tracking_problem(local_store_hint="", root=root)
+    if problem:
+        raise PreflightError(problem)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -824,7 +852,7 @@ def ast_pipeline(
     max_parallel_tasks: int = 1,
     tables: bool = True,
     root: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """The whole pipeline: prepare -> shard -> per task: train -> evaluate -> register, then the paper tables.
 
     Args:
@@ -848,7 +876,14 @@ def ast_pipeline(
     logger = get_run_logger()
     forward_termination()  # a cancelled run stops its DVC stages and trainings too
     repo = Path(root or os.getcwd()).resolve()
-    plan = plan_run(repo, tasks, overrides, nodes, tables)  # a PreflightError fails the run here: no task started
+    try:
+        plan = preflight(repo, tasks, overrides, nodes, tables)
+    except PreflightError as exc:
+        # A problem to fix, found before any task started: the run log gets the user's lines, not a
+        # traceback, and the Failed state carries the error (state.result() raises it).
+        message = format_error(FLOW_NAME, exc)
+        logger.error(message)
+        return Failed(message=message, data=exc)
     if plan.changed:
         # Checked above; written atomically, comments kept (as `dvc exp run -S`): dvc.lock records them.
         write_overrides(repo / PARAMS_FILE, overrides or {})
@@ -947,8 +982,6 @@ def train_node(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipelines.flows``: run the ``ast-pipeline`` flow here (Prefect's local API, or the set server)."""
-    from pipelines.errors import format_error
-
     p = argparse.ArgumentParser(prog="python -m pipelines.flows", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", action="append", dest="tasks", help="a task of params.yaml (repeat; default: all)")
     p.add_argument("--nodes", type=int, default=1, help="training nodes per task (local processes)")
@@ -971,6 +1004,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
 
+    try:  # the flow checks the same first; here a problem costs no Prefect server start
+        preflight(Path.cwd().resolve(), args.tasks, overrides, args.nodes, args.tables)
+    except PreflightError as exc:
+        print(format_error("ast-pipeline", exc), file=sys.stderr)
+        return EXIT_USER
     state = ast_pipeline(
         tasks=args.tasks,
         overrides=overrides,

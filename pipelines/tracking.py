@@ -92,7 +92,12 @@ def stage_prologue(prog: str, *, local_store: bool, probe: bool, offline_hint: s
 
 
 def tracking_problem(
-    uri: str | None = None, *, timeout_s: float = PROBE_TIMEOUT_S, offline_hint: str = ""
+    uri: str | None = None,
+    *,
+    timeout_s: float = PROBE_TIMEOUT_S,
+    offline_hint: str = "",
+    local_store_hint: str = LOCAL_STORE_HINT,
+    root: str | Path | None = None,
 ) -> str | None:
     """Can the tracking store be used? One line saying why not, or None. Nothing waits longer than ``timeout_s``.
 
@@ -110,6 +115,9 @@ def tracking_problem(
         timeout_s: connect + read timeout of the HTTP probe.
         offline_hint: the command's own option to run without tracking (e.g. ``--no-mlflow``), named in
             the message next to the local store.
+        local_store_hint: the command's own way to use the local store (``--local-store``); empty: the
+            command has none, and the message only says to unset ``MLFLOW_TRACKING_URI``.
+        root: the repository whose local store the message offers (default: found from the working folder).
 
     Returns:
         None when usable, else one line naming the URI, the reason and how to run without it.
@@ -119,10 +127,11 @@ def tracking_problem(
     import urllib.parse
     import urllib.request
 
-    uri = uri or tracking_uri()
+    uri = uri or tracking_uri(root)
     parsed = urllib.parse.urlparse(uri)
-    local = f"sqlite:///{repo_root() / 'mlflow.db'}"
-    ways = [f"unset MLFLOW_TRACKING_URI or pass {LOCAL_STORE_HINT} to log to the local store {local}"]
+    local = f"sqlite:///{repo_root(root) / 'mlflow.db'}"
+    local_way = f" or pass {local_store_hint}" if local_store_hint else ""
+    ways = [f"unset MLFLOW_TRACKING_URI{local_way} to log to the local store {local}"]
     if offline_hint:
         ways.append(f"pass {offline_hint} to run without tracking")
     how = "; ".join(ways)
