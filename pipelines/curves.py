@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"--run {item!r}: expected TASK=PATH")
             runs[task] = read_history(path)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"curves: {exc}")
+        print(f"curves: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,9 @@ def test_curves_writes_one_csv_per_task_and_a_png(tmp_path: Path, capsys: pytest
     assert "haze: step 100: PSNR 22.00 -> 25.50 dB (+3.50)" in capsys.readouterr().out
     assert curves.main(["--run", f"rain={tmp_path / 'nope.csv'}", "--out", str(out)]) == 2
     assert curves.main(["--run", "no-equals-sign", "--out", str(out)]) == 2
+    errors = capsys.readouterr().err.splitlines()  # one line each, on stderr
+    assert len(errors) == 2 and errors[0].startswith("curves: ") and "nope.csv" in errors[0], errors
+    assert "expected TASK=PATH" in errors[1]
 
 
 def test_build_loss_names_and_values() -> None:
