@@ -880,10 +880,11 @@ def ast_pipeline(
         plan = preflight(repo, tasks, overrides, nodes, tables)
     except PreflightError as exc:
         # A problem to fix, found before any task started: the run log gets the user's lines, not a
-        # traceback, and the Failed state carries the error (state.result() raises it).
+        # traceback, and the Failed state carries the error (state.result() raises it). Its traceback is
+        # dropped: Prefect's engine re-raises a deployment run's failure once more at the end of the log.
         message = format_error(FLOW_NAME, exc)
         logger.error(message)
-        return Failed(message=message, data=exc)
+        return Failed(message=message, data=exc.with_traceback(None))
     if plan.changed:
         # Checked above; written atomically, comments kept (as `dvc exp run -S`): dvc.lock records them.
         write_overrides(repo / PARAMS_FILE, overrides or {})

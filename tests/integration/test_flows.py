@@ -226,7 +226,9 @@ def test_a_mistyped_parameter_fails_the_flow_run_before_any_work(stack: Stack) -
     assert "tasks.rain.train.lrr" in run["state"]["message"], run["state"]["message"]
     log = _logs(stack, [run_id])
     assert any("tasks.rain.train.lrr" in line for line in log), log  # the problem, as the user reads it
-    assert not any("Traceback" in line for line in log), log  # a problem to fix, not a bug
+    # A problem to fix, not a bug: no traceback of the flow's code (Prefect's worker still closes a failed
+    # deployment run's log by re-raising its state, in Prefect's own frames).
+    assert not any("Encountered exception" in line or "pipelines/" in line for line in log), log
     assert run["run_count"] == 1  # not retried
     assert _task_runs(stack, run_id) == {}  # no task started
     assert (stack.repo / "params.yaml").read_bytes() == params_before  # nothing written
