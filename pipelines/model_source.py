@@ -45,6 +45,14 @@ def resolve(spec: str) -> Path | nn.Module:
     """
     if not is_mlflow_uri(spec):
         raise ValueError(f"{spec!r} is not an MLflow URI ({', '.join(MLFLOW_SCHEMES)})")
+    from pipelines.tracking import tracking_problem, tracking_uri
+
+    # A dead server: one line in seconds, not minutes of MLflow's retries. (Only a server is probed: a
+    # SQLite store need not be writable to read a model from it.)
+    if tracking_uri().startswith(("http://", "https://")):
+        problem = tracking_problem(local_store_hint="")
+        if problem:
+            raise ValueError(f"cannot fetch {spec}: {problem}")
     import mlflow
 
     try:

@@ -131,7 +131,7 @@ def tracking_problem(
     parsed = urllib.parse.urlparse(uri)
     local = f"sqlite:///{repo_root(root) / 'mlflow.db'}"
     local_way = f" or pass {local_store_hint}" if local_store_hint else ""
-    ways = [f"unset MLFLOW_TRACKING_URI{local_way} to log to the local store {local}"]
+    ways = [f"unset MLFLOW_TRACKING_URI{local_way} to use the local store {local}"]
     if offline_hint:
         ways.append(f"pass {offline_hint} to run without tracking")
     how = "; ".join(ways)

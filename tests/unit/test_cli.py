@@ -235,3 +235,29 @@ def test_runs_uri_against_a_real_local_mlflow_store(checkpoint, tmp_path, monkey
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), load_model(str(checkpoint))(x))
+
+
+@pytest.mark.parametrize("command", ["restore", "export"])
+def test_a_model_uri_on_a_dead_tracking_server_fails_in_one_line(folder, tmp_path, monkeypatch, capsys, command):
+    """``models:/...`` with nothing listening at MLFLOW_TRACKING_URI: exit 2 and one line at once, instead of
+    MLflow's minutes of retries (issue 13's tracking pre-flight, for the commands that read the registry)."""
+    import socket
+    import time
+
+    from pipelines import model_source
+
+    with socket.socket() as s:  # a real port with nothing listening once closed
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    start = time.monotonic()
+    if command == "restore":
+        status = model_source.restore_main([str(folder / "rgb.png"), str(tmp_path / "out"), "--model", "models:/m@a"])
+    else:
+        status = model_source.export_main(["--model", "models:/m@a", str(tmp_path / "m.onnx")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert f"cannot fetch models:/m@a: tracking server {uri} is unreachable" in lines[0]
+    assert "unset MLFLOW_TRACKING_URI" in lines[0] and "--local-store" not in lines[0]  # no such option here
+    assert time.monotonic() - start < 10
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.onnx").exists()
