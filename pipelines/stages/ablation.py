@@ -128,13 +128,15 @@ def run(
     """Train and score ``variant`` for every seed; write and return its record (see the module docstring).
 
     Raises:
-        PreflightError: a bad ``tables`` section, an unknown variant, or what the train stage's plan finds
-            (profile keys, shards, folders, tracking store), for the first seed, before any training.
+        PreflightError: a bad ``tables`` section, an unknown variant, a test shard that does not match its
+            index, or what the train stage's plan finds (profile keys, train/val shards, folders, tracking
+            store), for the first seed, before any training.
         RuntimeError: a training run failed (its message is printed above).
     """
     from ast_model.checkpoint import load_checkpoint
     from ast_model.config import read_params
     from ast_model.data.files import atomic_write_json
+    from ast_model.data.shards import shard_problems
     from pipelines.errors import PreflightError
     from pipelines.stages import train as train_stage
     from pipelines.tables import SECTION, hardware, load_tables_config
@@ -149,6 +151,11 @@ def run(
     overrides = cfg.variants[variant]
     n_params, macs = paper_scale_counts(params, overrides)
     test_dir = Path(shards) / cfg.dataset / "test"
+    # The test split is scored after each training: verified now, or a bad shard costs the training first.
+    # (The train and val splits are verified by the train stage's plan below.)
+    problems = shard_problems(test_dir, progress=True)[1]
+    if problems:
+        raise PreflightError(problems, source=source)
     runs = []
     for seed in cfg.seeds:
         profile, resolved = training_params(params, cfg, variant, seed)

@@ -292,3 +292,56 @@ def test_a_task_table_refuses_a_record_of_another_test_split(tmp_path, tiny_ast)
             out=tmp_path / "out",
         )
     assert not (tmp_path / "out" / "table1.md").exists()
+
+
+def test_a_task_table_verifies_the_test_shards_before_scoring(tmp_path, tiny_ast, monkeypatch) -> None:
+    """Tables 1-3 score the task's test split again (self-ensemble): a corrupt shard is named first (by
+    ``split_pairs``, which verifies the split before reading it; a user error: one line, exit 2)."""
+    from ast_model.data.shards import ShardError
+    from pipelines.stages import tables as stage
+
+    monkeypatch.setenv("AST_CACHE_DIR", str(tmp_path / "cache"))
+    _tiny_task(tmp_path, "rain", tiny_ast)
+    bad = sorted((tmp_path / "shards" / "tinyset" / "test").glob("*.tar"))[0]
+    data = bytearray(bad.read_bytes())
+    data[600] ^= 0xFF  # same size, another sha256
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=rf"{bad.name}: shard does not match index\.json"):
+        stage.run(
+            "table1",
+            ROOT / "params.yaml",
+            track=False,
+            models=tmp_path / "models",
+            metrics=tmp_path / "metrics",
+            shards=tmp_path / "shards",
+            out=tmp_path / "out",
+        )
+    assert not (tmp_path / "out" / "table1.md").exists()
+
+
+def test_an_ablation_stage_verifies_the_test_split_before_it_trains(tmp_path, monkeypatch) -> None:
+    """The test split is scored after each training: a corrupt test shard is named before any training."""
+    from pipelines.errors import PreflightError
+    from pipelines.stages import ablation
+    from tests.shards import write_tiny_split
+
+    shards = tmp_path / "shards" / "embedded_rain"
+    for split, n in (("train", 4), ("val", 1), ("test", 2)):
+        write_tiny_split(shards / split, n, 1)
+    bad = shards / "test" / "shard-000000.tar"
+    data = bytearray(bad.read_bytes())
+    data[600] ^= 0xFF  # inside the first member's bytes: size unchanged, sha256 not
+    bad.write_bytes(bytes(data))
+    monkeypatch.setenv("AST_CACHE_DIR", str(tmp_path / "cache"))
+    trained = []
+    monkeypatch.setattr("pipelines.stages.train.run_worker", lambda *a, **k: trained.append(a) or 0)
+    with pytest.raises(PreflightError, match=r"test/shard-000000\.tar: shard does not match index\.json"):
+        ablation.run(
+            ROOT / "params.yaml",
+            "assa",
+            shards=tmp_path / "shards",
+            out=tmp_path / "out",
+            work=tmp_path / "work",
+            track=False,
+        )
+    assert trained == [] and not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
