@@ -72,3 +72,5 @@ def test_the_stage_status_comes_from_dvc_s_message_and_decides_the_retry() -> No
     assert retry_unless_user_error(None, None, Completed()) is True
     copy = pickle.loads(pickle.dumps(user))  # a task's exception may be serialised by Prefect
     assert (copy.what, copy.status, copy.user_fixable) == ("train@rain", 2, True)
+    problem = pickle.loads(pickle.dumps(PreflightError(["a", "b"], source="params.yaml", section="train")))
+    assert (problem.problems, problem.source, problem.section) == (["a", "b"], "params.yaml", "train")
