@@ -219,6 +219,36 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _interrupt)
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def stop_with_parent() -> bool:
+    """Ask Linux to send this process SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
+
+    torchrun starts its workers in sessions of their own: when the launcher is killed outright (SIGKILL, the
+    OOM killer), its workers would otherwise train on as orphans and race a relaunch for the same checkpoint
+    folder. With this they stop as on a cancel (with :func:`stop_on_sigterm`: KeyboardInterrupt, the tracker
+    run ends KILLED, the last complete checkpoint stays).
+
+    Process-wide: for worker entry points only, and only for a process a launcher started.
+
+    Returns:
+        Whether the request took effect (False off Linux or if the call failed).
+    """
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        return False
+    if os.getppid() == 1:  # the parent died before the request: it will never fire, so stop now
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def _summary(
     spec: RunSpec, state: LoopState, trainer: Trainer, run_id: str | None, marker: dict | None
 ) -> TrainingSummary:

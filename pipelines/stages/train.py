@@ -237,7 +237,7 @@ def run_worker(spec_path: str | Path, resume: str = "auto", *, tracking: bool = 
     """
     from ast_model.train.distributed import ensure_launcher_env
     from ast_model.train.loop import NonFiniteLossError
-    from ast_model.train.run import ResumeError, configure_logging, stop_on_sigterm, train
+    from ast_model.train.run import ResumeError, configure_logging, stop_on_sigterm, stop_with_parent, train
     from ast_model.train.spec import RunSpec
     from pipelines.errors import USER_ERRORS, format_error
     from pipelines.tracking import TrackingError, is_tracking_failure, tracking_uri
@@ -245,10 +245,14 @@ def run_worker(spec_path: str | Path, resume: str = "auto", *, tracking: bool = 
     spec = RunSpec.load(spec_path)
     # The process-wide settings a worker needs, made here (the entry point), not by the library: launcher
     # variables for a lone process, rank-prefixed logging, SIGTERM as KeyboardInterrupt (the tracker run
-    # ends KILLED; the next launch resumes), and cuBLAS's workspace setting for deterministic runs.
+    # ends KILLED; the next launch resumes), and cuBLAS's workspace setting for deterministic runs. A worker
+    # a launcher started also stops when the launcher dies, even by SIGKILL (no orphan training on).
+    launched = "RANK" in os.environ  # before ensure_launcher_env fills it in for a lone process
     ensure_launcher_env()
     configure_logging(int(os.environ["RANK"]))
     stop_on_sigterm()
+    if launched:
+        stop_with_parent()
     if spec.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:

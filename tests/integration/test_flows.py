@@ -305,7 +305,10 @@ def _kill_rank0_after(repo: Path, step: int, since: float, stop: threading.Event
             if marker.stat().st_mtime > since and json.loads(marker.read_text())["step"] >= step:
                 for proc in psutil.process_iter(["cmdline"]):
                     cmdline = proc.info["cmdline"] or []
-                    if "--worker" in cmdline and spec in cmdline:
+                    # The worker itself (`python -u -m pipelines.stages.train --worker SPEC`), not torchrun's
+                    # agent (`python -m torch.distributed.run ... -m pipelines.stages.train --worker SPEC`):
+                    # killing the agent leaves the worker training on, an orphan.
+                    if "torch.distributed.run" not in cmdline and "--worker" in cmdline and spec in cmdline:
                         killed["step"] = json.loads(marker.read_text())["step"]
                         proc.kill()
                         return

@@ -7,6 +7,7 @@ launch costs ~10-20 s on 2 cores, so launches are shared between assertions wher
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,6 +83,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, torch_extensions_dir: Pa
         "train_ref": _profile("ref", zero_stage=2),
         "train_kill": _profile("kill", zero_stage=2),
         "train_nodes": _profile("nodes", zero_stage=1, precision="bf16"),
+        # long enough to be killed midway
+        "train_orphan": _profile("orphan", phases=[{"patch_size": 64, "batch_size": 2, "lr": 1e-3, "steps": 2000}]),
     }
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -232,6 +235,41 @@ def test_sigkill_midway_then_relaunch_ends_with_the_uninterrupted_weights(worksp
     runs = _runs(workspace, "kill")
     assert len(runs) == 1  # the relaunch continued the killed run
     assert runs[0].info.status == "FINISHED" and runs[0].data.tags["train.resumes"] == "1"
+
+
+def test_workers_stop_when_their_launcher_is_killed(workspace: Path) -> None:
+    """SIGKILL of torchrun's agent alone (the OOM killer's way): its workers, in sessions of their own, must
+    not train on as orphans (they would race a relaunch for the checkpoint folder). They get SIGTERM from
+    the kernel (PR_SET_PDEATHSIG) and stop as on a cancel."""
+    ckpt = workspace / "checkpoints" / "orphan"
+    proc = subprocess.Popen(
+        _cmd("train_orphan", "--nproc-per-node", "2", "--launcher", "torchrun"),
+        cwd=workspace,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    workers: list[psutil.Process] = []
+    try:
+        while not (ckpt / "latest.json").exists():  # the workers are training
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        agent = [p for p in family if "torch.distributed.run" in p.cmdline()]
+        workers = [p for p in family if "--worker" in p.cmdline() and p not in agent]
+        assert len(agent) == 1 and len(workers) == 2, [p.cmdline() for p in family]
+        agent[0].kill()
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers still training 30 s after their launcher died: {alive}"
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):  # the stage may have exited already
+            _kill_tree(proc)
+        proc.wait(timeout=30)
+        for worker in workers:  # orphans are no longer in the stage's process tree
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+    assert json.loads((ckpt / "latest.json").read_text())["step"] < 2000  # stopped midway, checkpoint intact
 
 
 def test_two_nodes_on_one_host(workspace: Path) -> None:
