@@ -273,24 +273,37 @@ def test_task_tables_and_niqe_table_from_a_tiny_task_model(tmp_path, tiny_ast) -
         stage.run("table3", ROOT / "params.yaml", track=False, **kwargs)
 
 
+def _table1(tmp_path: Path) -> None:
+    """The table1 stage on the tiny task under ``tmp_path`` (models/, metrics/, shards/ -> out/)."""
+    from pipelines.stages import tables as stage
+
+    stage.run(
+        "table1",
+        ROOT / "params.yaml",
+        track=False,
+        models=tmp_path / "models",
+        metrics=tmp_path / "metrics",
+        shards=tmp_path / "shards",
+        out=tmp_path / "out",
+    )
+
+
+def _flip_a_byte(shard: Path) -> None:
+    """Corrupt a shard in place: same size, another sha256 (inside the first member's bytes)."""
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
 def test_a_task_table_refuses_a_record_of_another_test_split(tmp_path, tiny_ast) -> None:
     """The table stage depends on metrics/<task>.json, not the shards: it checks the record's split hash."""
     from pipelines.errors import PreflightError
-    from pipelines.stages import tables as stage
 
     _tiny_task(tmp_path, "rain", tiny_ast)
     index = tmp_path / "shards" / "tinyset" / "test" / "index.json"
     index.write_text(index.read_text() + " ")  # re-sharded since the evaluate stage scored it
     with pytest.raises(PreflightError, match=r"rain\.json: scored a different test split .* evaluate@rain"):
-        stage.run(
-            "table1",
-            ROOT / "params.yaml",
-            track=False,
-            models=tmp_path / "models",
-            metrics=tmp_path / "metrics",
-            shards=tmp_path / "shards",
-            out=tmp_path / "out",
-        )
+        _table1(tmp_path)
     assert not (tmp_path / "out" / "table1.md").exists()
 
 
@@ -298,24 +311,13 @@ def test_a_task_table_verifies_the_test_shards_before_scoring(tmp_path, tiny_ast
     """Tables 1-3 score the task's test split again (self-ensemble): a corrupt shard is named first (by
     ``split_pairs``, which verifies the split before reading it; a user error: one line, exit 2)."""
     from ast_model.data.shards import ShardError
-    from pipelines.stages import tables as stage
 
     monkeypatch.setenv("AST_CACHE_DIR", str(tmp_path / "cache"))
     _tiny_task(tmp_path, "rain", tiny_ast)
     bad = sorted((tmp_path / "shards" / "tinyset" / "test").glob("*.tar"))[0]
-    data = bytearray(bad.read_bytes())
-    data[600] ^= 0xFF  # same size, another sha256
-    bad.write_bytes(bytes(data))
+    _flip_a_byte(bad)
     with pytest.raises(ShardError, match=rf"{bad.name}: shard does not match index\.json"):
-        stage.run(
-            "table1",
-            ROOT / "params.yaml",
-            track=False,
-            models=tmp_path / "models",
-            metrics=tmp_path / "metrics",
-            shards=tmp_path / "shards",
-            out=tmp_path / "out",
-        )
+        _table1(tmp_path)
     assert not (tmp_path / "out" / "table1.md").exists()
 
 
@@ -328,10 +330,7 @@ def test_an_ablation_stage_verifies_the_test_split_before_it_trains(tmp_path, mo
     shards = tmp_path / "shards" / "embedded_rain"
     for split, n in (("train", 4), ("val", 1), ("test", 2)):
         write_tiny_split(shards / split, n, 1)
-    bad = shards / "test" / "shard-000000.tar"
-    data = bytearray(bad.read_bytes())
-    data[600] ^= 0xFF  # inside the first member's bytes: size unchanged, sha256 not
-    bad.write_bytes(bytes(data))
+    _flip_a_byte(shards / "test" / "shard-000000.tar")
     monkeypatch.setenv("AST_CACHE_DIR", str(tmp_path / "cache"))
     trained = []
     monkeypatch.setattr("pipelines.stages.train.run_worker", lambda *a, **k: trained.append(a) or 0)
