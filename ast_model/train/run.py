@@ -236,17 +236,14 @@ def stop_with_parent() -> bool:
         Whether the request took effect (False off Linux or if the call failed).
     """
     import ctypes
-    import os
     import sys
 
     if not sys.platform.startswith("linux"):
         return False
+    # No "has the parent already died?" check (getppid() == 1): a launcher may itself be PID 1 in a
+    # container. A launcher that dies before this call (the worker's first seconds) is not covered.
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-        return False
-    if os.getppid() == 1:  # the parent died before the request: it will never fire, so stop now
-        os.kill(os.getpid(), signal.SIGTERM)
-    return True
+    return libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
 
 
 def _summary(
