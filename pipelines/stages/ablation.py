@@ -155,7 +155,7 @@ def run(
     # (The train and val splits are verified by the train stage's plan below.)
     problems = shard_problems(test_dir, progress=True)[1]
     if problems:
-        raise PreflightError(problems, source=source)
+        raise PreflightError(problems)  # each names its shard: not a params.yaml problem
     runs = []
     for seed in cfg.seeds:
         profile, resolved = training_params(params, cfg, variant, seed)
